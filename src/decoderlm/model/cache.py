@@ -1,0 +1,40 @@
+"""A preallocated key/value cache for incremental decoding (as in gpt-fast).
+
+One tensor per layer for keys and one for values, shaped (B, H_kv, S_max, D), allocated once;
+each forward writes its new keys/values in place at their positions and attends over the prefix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.batch_size = batch_size
+
+    @classmethod
+    def for_model(cls, config, batch_size: int, max_len: int | None = None,
+                  dtype: torch.dtype = torch.float32, device=None) -> "KVCache":
+        return cls(config.n_layer, batch_size, config.n_kv_head, max_len or config.max_seq_len,
+                   config.head_dim, dtype=dtype, device=device)
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, D) keys/values at positions start..start+T; return the cached prefix."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows `index` (beam search): row i becomes old row index[i]."""
+        for layer in range(len(self.k)):
+            self.k[layer] = self.k[layer].index_select(0, index)
+            self.v[layer] = self.v[layer].index_select(0, index)
