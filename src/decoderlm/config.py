@@ -177,7 +177,7 @@ class DataConfig(_DictMixin):
     """Which text and tokenizer a recipe trains on by default."""
 
     sources: tuple[str, ...] = ("shakespeare",)
-    tokenizer: str = "bpe"  # bpe | wordpiece | word | gpt2 | char | path to a saved tokenizer
+    tokenizer: str = "bpe"  # bpe | wordpiece | word | gpt2 | char | toy | path to a saved tokenizer
     vocab_size: int = 4096
     val_fraction: float = 0.1
 

@@ -35,5 +35,5 @@ RECIPE = Recipe(
         eval_every=0,
         seed=42,
     ),
-    data=DataConfig(sources=("toy",), tokenizer="word", vocab_size=5, val_fraction=0.0),
+    data=DataConfig(sources=("toy",), tokenizer="toy", vocab_size=5, val_fraction=0.0),
 )
