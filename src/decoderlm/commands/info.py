@@ -15,6 +15,8 @@ def register(sub):
 
 
 def info(args) -> int:
+    import torch
+
     from decoderlm.model import DecoderLM, format_breakdown, parameter_breakdown
 
     if Path(args.target).exists():
@@ -25,7 +27,8 @@ def info(args) -> int:
     else:
         recipe = get_recipe(args.target)
         config, title = recipe.model, f"preset {recipe.name}: {recipe.description}"
-        model = DecoderLM(config)
+        with torch.device("meta"):  # counting needs shapes only: no memory, no initialisation
+            model = DecoderLM(config)
     print(title)
     print(json.dumps(config.to_dict(), indent=2))
     print(format_breakdown(parameter_breakdown(model)))

@@ -1,0 +1,112 @@
+"""Causality and KV-cache equivalence for every position / attention / feed-forward / norm variant."""
+
+import itertools
+
+import pytest
+import torch
+
+from decoderlm import DecoderLM, ModelConfig
+
+POSITIONS = ["rope", "learned", "sinusoidal"]
+ATTENTION = {"mha": 4, "gqa": 2, "mqa": 1}
+FFN = [
+    dict(ffn="mlp", activation="gelu_tanh"),
+    dict(ffn="mlp", activation="relu", mlp_bias=False),
+    dict(ffn="swiglu"),
+    dict(ffn="moe", n_experts=4, experts_per_token=2),
+    dict(ffn="moe", n_experts=4, experts_per_token=1, shared_expert=True),
+]
+NORMS = [dict(norm="layernorm", pre_norm=True), dict(norm="rmsnorm", pre_norm=False)]
+
+VARIANTS = [
+    dict(position=p, n_kv_head=ATTENTION[a], **f, **n)
+    for p, a, f, n in itertools.product(POSITIONS, ATTENTION, FFN, NORMS)
+]
+
+
+def variant_id(kw):
+    return "-".join(f"{v}" for v in kw.values())
+
+
+def tiny_model(**overrides):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=61, max_seq_len=24, d_model=32, n_layer=2, n_head=4, **overrides)
+    return DecoderLM(cfg).eval()
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=variant_id)
+def test_changing_a_token_never_changes_earlier_logits(kw):
+    model = tiny_model(**kw)
+    idx = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(1))
+    base = model(idx)
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 61
+        out = model(changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=1e-6)
+        assert not torch.allclose(out[:, t], base[:, t]), "the changed position itself must change"
+
+
+def incremental_logits(model, idx, attention_mask=None, prefill=5, step=1):
+    cache = model.new_cache(idx.shape[0])
+    chunks, start = [], 0
+    bounds = [prefill] + list(range(prefill + step, idx.shape[1] + step, step))
+    for end in bounds:
+        end = min(end, idx.shape[1])
+        mask = attention_mask[:, :end] if attention_mask is not None else None
+        chunks.append(model(idx[:, start:end], attention_mask=mask, cache=cache, start=start))
+        start = end
+    return torch.cat(chunks, dim=1)
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=variant_id)
+def test_kv_cache_equals_full_sequence(kw):
+    model = tiny_model(**kw)
+    idx = torch.randint(0, 61, (3, 14), generator=torch.Generator().manual_seed(2))
+    full = model(idx)
+    torch.testing.assert_close(incremental_logits(model, idx), full, rtol=0, atol=1e-5)
+    # several tokens per step after the prefill (speculative / chunked decoding)
+    torch.testing.assert_close(incremental_logits(model, idx, step=3), full, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=variant_id)
+def test_kv_cache_with_left_padding(kw):
+    """A left-padded batch gives each row the logits it has alone, full or incremental."""
+    model = tiny_model(**kw)
+    gen = torch.Generator().manual_seed(3)
+    lengths = [14, 9, 4]
+    idx = torch.zeros(3, 14, dtype=torch.long)
+    mask = torch.zeros(3, 14, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        idx[row, 14 - n:] = torch.randint(0, 61, (n,), generator=gen)
+        mask[row, 14 - n:] = 1
+    full = model(idx, attention_mask=mask)
+    incremental = incremental_logits(model, idx, attention_mask=mask)
+    for row, n in enumerate(lengths):
+        alone = model(idx[row:row + 1, 14 - n:])
+        torch.testing.assert_close(full[row:row + 1, 14 - n:], alone, rtol=0, atol=1e-5)
+        torch.testing.assert_close(incremental[row:row + 1, 14 - n:], alone, rtol=0, atol=1e-5)
+    assert torch.isfinite(full).all(), "pad positions must not produce NaN"
+
+
+def test_sequence_longer_than_context_is_a_clear_error():
+    from decoderlm import DecoderLMError
+
+    model = tiny_model(position="learned")
+    with pytest.raises(DecoderLMError, match="exceed the model's context of 24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+
+
+def test_tied_embeddings_share_one_matrix():
+    tied, untied = tiny_model(tie_embeddings=True), tiny_model(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    assert untied.num_parameters() - tied.num_parameters() == 61 * 32
+
+
+def test_attention_dropout_only_in_training():
+    model = tiny_model(attn_dropout=0.5, dropout=0.2)
+    idx = torch.randint(0, 61, (1, 10))
+    torch.testing.assert_close(model(idx), model(idx))  # eval: deterministic
+    model.train()
+    assert not torch.allclose(model(idx), model(idx))
