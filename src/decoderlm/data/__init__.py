@@ -1,0 +1,1 @@
+"""Text in, token shards out: sources -> tokenizer -> memmapped token shards -> training batches."""

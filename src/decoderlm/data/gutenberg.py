@@ -1,0 +1,98 @@
+"""Project Gutenberg: download plain-text ebooks and strip the licence header and footer.
+
+Hand-written because no maintained library does the stripping for current and old file layouts
+(the `gutenberg` package is unmaintained). The cleaned text starts at the book's first line (after
+the "Produced by ..." credit) and ends at its last, with Unix newlines and at most one blank line
+in a row, as the mini-course's GutenbergDataset prepared its books.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from decoderlm.data.download import cache_root, fetch
+from decoderlm.errors import DecoderLMError
+
+DEFAULT_MIRROR = "https://www.gutenberg.org"
+
+# The eleven books of the Gutenberg mini-course (`gutenberg:seed`).
+SEED_BOOKS = (4367, 84, 41, 2009, 28569, 147, 15776, 29265, 37134, 5827, 23605)
+
+_START = re.compile(
+    r"^.*(?:\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG|\*END\*THE SMALL PRINT).*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_END = re.compile(
+    r"^\s*(?:\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG"
+    r"|End of (?:the |this )?Project Gutenberg)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_CREDIT = re.compile(
+    r"^(?:Produced by|This e-?text was produced by|E-text prepared by|Transcribed (?:from|by))", re.IGNORECASE
+)
+_TITLE = re.compile(r"^Title:\s*(.+)$", re.MULTILINE)
+
+
+def strip_gutenberg(raw: str) -> str:
+    """The book's text without BOM, CRLF, licence header/footer or the producer's credit."""
+    text = raw.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    start = _START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _END.search(text)
+    if end:
+        text = text[: end.start()]
+    text = _drop_credit(text.strip("\n"))
+    return normalise_blank_lines(text)
+
+
+def _drop_credit(text: str) -> str:
+    """Remove a leading "Produced by ..." paragraph (one line if the file has no blank lines)."""
+    lines = text.split("\n")
+    if not lines or not _CREDIT.match(lines[0].strip()):
+        return text
+    para_end = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+    drop = para_end if para_end <= 4 else 1
+    return "\n".join(lines[drop:])
+
+
+def normalise_blank_lines(text: str) -> str:
+    """Trailing spaces removed, runs of blank lines collapsed to one, no leading/trailing blanks."""
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+def book_title(raw: str, book_id: int) -> str:
+    match = _TITLE.search(raw[:5000].replace("\r", ""))
+    return match.group(1).strip() if match else f"Project Gutenberg #{book_id}"
+
+
+def parse_ids(spec_tail: str) -> list[int]:
+    """`seed` or a comma-separated list of ebook numbers."""
+    if spec_tail.strip().lower() == "seed":
+        return list(SEED_BOOKS)
+    ids = []
+    for part in spec_tail.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise DecoderLMError(f"bad Gutenberg book id {part!r}: use gutenberg:ID[,ID...] or gutenberg:seed")
+        ids.append(int(part))
+    return ids
+
+
+def download_book(book_id: int, *, mirror: str | None = None, cache_dir=None) -> Path:
+    """The raw ebook file, downloaded once into the cache."""
+    base = (mirror or DEFAULT_MIRROR).rstrip("/")
+    url = f"{base}/ebooks/{book_id}.txt.utf-8"
+    target = cache_root(cache_dir) / "gutenberg" / f"{book_id}.txt"
+    return fetch(url, target, what=f"Project Gutenberg book {book_id}")
+
+
+def read_book(book_id: int, *, mirror: str | None = None, cache_dir=None) -> tuple[str, str]:
+    """(title, cleaned text) of one ebook."""
+    raw = download_book(book_id, mirror=mirror, cache_dir=cache_dir).read_text(encoding="utf-8", errors="replace")
+    text = strip_gutenberg(raw)
+    if not text:
+        raise DecoderLMError(f"Project Gutenberg book {book_id} has no text after removing its licence header")
+    return book_title(raw, book_id), text
