@@ -148,6 +148,7 @@ def commit_files(writers: Iterable[tuple[Path, Any]]) -> None:
     """Write several files atomically as a group: each `(target, write(tmp_path))` writes to a temp
     file, all are fsynced, then all are renamed into place (weights last, by the caller's order)."""
     pending: list[tuple[Path, Path]] = []
+    target = None
     try:
         for target, write in writers:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +160,8 @@ def commit_files(writers: Iterable[tuple[Path, Any]]) -> None:
             os.replace(tmp, target)
         for directory in {target.parent for _, target in pending}:
             _fsync_dir(directory)
+    except OSError as err:  # disk full, permissions, read-only file system
+        raise DecoderLMError(f"cannot write {target}: {err.strerror or err}") from None
     finally:
         for tmp, _ in pending:
             if tmp.exists():

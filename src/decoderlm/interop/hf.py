@@ -46,7 +46,8 @@ def read_hf_checkpoint(directory: str | Path, hf: dict[str, Any]) -> tuple[Model
 
 # -- export -----------------------------------------------------------------------------------------
 def _export_obstacle(config: ModelConfig) -> str | None:
-    """What in `config` no transformers architecture we write (Llama, Qwen2, GPT-2) can express."""
+    """Everything in `config` that no transformers architecture we write (Llama, Qwen2, GPT-2) can
+    express, as one phrase, or None."""
     obstacles = [
         (config.ffn == "moe", "a mixture-of-experts feed-forward"),
         (config.ffn == "none", "blocks without a feed-forward layer"),
@@ -58,7 +59,8 @@ def _export_obstacle(config: ModelConfig) -> str | None:
         (not config.attn_out_proj, "attention without an output projection"),
         (config.lm_head_bias, "a bias on the output head"),
     ]
-    return next((what for bad, what in obstacles if bad), None)
+    found = [what for bad, what in obstacles if bad]
+    return ", ".join(found) if found else None
 
 
 def hf_family(config: ModelConfig):
