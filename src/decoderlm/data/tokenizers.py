@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -88,6 +89,28 @@ class HFTokenizer(Tokenizer):
         return directory
 
 
+class CharTokenizer(HFTokenizer):
+    """One id per character. Saved as an ordinary tokenizer.json, but encoded with a dict lookup:
+    the HF pipeline (a regex split per character) is about 30x slower for this trivial mapping.
+    Special-token names in the text are read as plain characters."""
+
+    def __init__(self, tok):
+        super().__init__(tok, "char")
+        self.pieces = [tok.id_to_token(i) for i in range(self.vocab_size)]
+        self.ids = {piece: i for i, piece in enumerate(self.pieces) if len(piece) == 1}
+        self.unk_id = tok.token_to_id(UNK)
+
+    def encode(self, text: str) -> list[int]:
+        ids, unk = self.ids, self.unk_id
+        return [ids.get(ch, unk) for ch in text]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.pieces[i] for i in ids)
+
+
 class TiktokenGPT2(Tokenizer):
     """GPT-2's BPE through tiktoken; `<|endoftext|>` in text is encoded as ordinary text."""
 
@@ -155,7 +178,7 @@ def _first_id(tok, candidates) -> int | None:
 
 def _pipeline(kind: str, vocab_size: int):
     """An untrained HF tokenizer of `kind` and its trainer."""
-    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTok
 
     specials = [PAD, EOS] if kind == "bpe" else [PAD, EOS, UNK]
@@ -174,13 +197,33 @@ def _pipeline(kind: str, vocab_size: int):
         tok = HFTok(models.WordLevel(unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    else:  # char: every character its own "word"; Fuse joins them back without spaces
-        tok = HFTok(models.WordLevel(unk_token=UNK))
-        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-        tok.decoder = decoders.Fuse()
-        # No cap while training, so that a too-small vocab_size is reported instead of losing characters.
-        trainer = trainers.WordLevelTrainer(vocab_size=1 << 30, special_tokens=specials, show_progress=False)
     return tok, trainer, len(specials)
+
+
+def _char_pipeline(vocab: dict[str, int]):
+    """A tokenizer.json that any HF-tokenizers user can load: every character its own word."""
+    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTok
+
+    tok = HFTok(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # join the characters back without spaces
+    tok.add_special_tokens([AddedToken(t, special=True) for t in (PAD, EOS, UNK)])
+    return tok
+
+
+def _train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    if not counts:
+        raise DecoderLMError("the corpus is empty: there is no text to train a char tokenizer on")
+    chars = sorted(counts, key=lambda ch: (-counts[ch], ch))  # most frequent first, ties by code point
+    if len(chars) + 3 > vocab_size:
+        raise DecoderLMError(f"vocab size {vocab_size} is too small for a char tokenizer on this corpus: "
+                             f"it has {len(chars)} distinct characters plus 3 special tokens; raise --vocab-size")
+    vocab = {PAD: 0, EOS: 1, UNK: 2, **{ch: i + 3 for i, ch in enumerate(chars)}}
+    return CharTokenizer(_char_pipeline(vocab))
 
 
 def min_vocab_size(kind: str) -> int:
@@ -194,11 +237,20 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
         raise DecoderLMError(f"cannot train a {kind!r} tokenizer: trainable kinds are {', '.join(TRAINABLE)}")
     if vocab_size < min_vocab_size(kind):
         raise DecoderLMError(f"vocab size {vocab_size} is too small for a {kind} tokenizer: use at least {min_vocab_size(kind)}")
-    tok, trainer, n_special = _pipeline(kind, vocab_size)
-    tok.train_from_iterator(texts, trainer)
+    if kind == "char":
+        return _train_char(texts, vocab_size)
+    tok, trainer, _ = _pipeline(kind, vocab_size)
+    seen = [0]
+
+    def counted(items):
+        for text in items:
+            seen[0] += len(text.strip())
+            yield text
+
+    tok.train_from_iterator(counted(texts), trainer)
+    if not seen[0]:
+        raise DecoderLMError(f"the corpus is empty: there is no text to train a {kind} tokenizer on")
     size = tok.get_vocab_size(with_added_tokens=True)
-    if size <= n_special:
-        raise DecoderLMError(f"the corpus is empty: a {kind} tokenizer learned no tokens")
     if size > vocab_size:
         raise DecoderLMError(f"vocab size {vocab_size} is too small for a {kind} tokenizer on this corpus: "
                              f"its alphabet and special tokens alone need {size}; raise --vocab-size")
@@ -237,7 +289,8 @@ def load_tokenizer(path) -> Tokenizer:
     if kind == "toy":
         return ToyTokenizer()
     if (path / HF_FILE).is_file() and kind != "gpt2":
-        return _load_hf(path / HF_FILE, kind=kind or "hf")
+        tok = _load_hf(path / HF_FILE, kind=kind or "hf")
+        return CharTokenizer(tok.tok) if kind == "char" else tok
     if (path / gpt2_bpe.TIKTOKEN_FILE).is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         return gpt2_tokenizer(path)
     raise DecoderLMError(f"no tokenizer in {path}: expected {HF_FILE}, {gpt2_bpe.TIKTOKEN_FILE} or vocab.json + merges.txt")

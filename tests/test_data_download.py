@@ -1,0 +1,167 @@
+"""Downloads against a real HTTP server on 127.0.0.1: Project Gutenberg books (plain, behind a
+redirect, missing, cut off mid-body) and a TinyStories-format file; never the real internet."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from decoderlm.cli import main
+from decoderlm.data import download
+from decoderlm.data.shards import TokenData, prepare
+from decoderlm.data.sources import iter_documents
+from decoderlm.errors import DecoderLMError
+
+RAW = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "gutenberg-raw"
+STORIES = ["Once upon a time there was a cat.\nThe cat was happy.", "Tom had a red ball.", "The end came fast.\n\nBye."]
+
+
+def _tinystories_text() -> bytes:
+    # The real file: stories separated by a line holding only <|endoftext|>, with stray blank lines.
+    return ("\n<|endoftext|>\n".join(STORIES) + "\n<|endoftext|>\n\n").encode("utf-8")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict = {}
+    hits: Counter = Counter()
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        self.hits[self.path] += 1
+        route = self.routes.get(self.path)
+        if route is None:
+            self.send_error(404, "Not Found")
+        elif route[0] == "redirect":
+            self.send_response(302)
+            self.send_header("Location", route[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif route[0] == "drop":
+            body = route[1]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(route[1])))
+            self.end_headers()
+            self.wfile.write(route[1])
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (RAW / "botchan.txt").is_file() or not (RAW / "moby_dick.txt").is_file():
+        pytest.skip("../shared/corpus/gutenberg-raw is not available")
+    botchan, moby = (RAW / "botchan.txt").read_bytes(), (RAW / "moby_dick.txt").read_bytes()
+    _Handler.routes = {
+        "/ebooks/8868.txt.utf-8": ("body", botchan),
+        "/ebooks/2701.txt.utf-8": ("redirect", "/cache/epub/2701/pg2701.txt"),
+        "/cache/epub/2701/pg2701.txt": ("body", moby),
+        "/ebooks/1342.txt.utf-8": ("drop", botchan),
+        "/TinyStoriesV2-GPT4-train.txt": ("body", _tinystories_text()),
+        "/TinyStoriesV2-GPT4-valid.txt": ("body", _tinystories_text()),
+    }
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _fast_offline(monkeypatch):
+    monkeypatch.setattr(download, "RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+
+def test_gutenberg_books_prepare_without_licence(server, tmp_path):
+    cache = tmp_path / "cache"
+    out = prepare(["gutenberg:8868,2701"], "char", tmp_path / "data", val_fraction=0.0, mirror=server,
+                  cache_dir=cache, progress=False)
+    data = TokenData.open(out)
+    eos = data.tokenizer.decode([data.meta["eos_id"]])
+    books = data.tokenizer.decode(data.train.tolist()).split(eos)
+    assert books[-1] == "" and len(books) == 3  # two books, each followed by one EOS
+    botchan, moby = books[0], books[1]
+    for text in (botchan, moby):
+        # Case-sensitive: the licence markers are upper case; Moby Dick's own transcriber's note
+        # mentions "Project Gutenberg's archives" and is part of the book.
+        assert "PROJECT GUTENBERG" not in text and "Gutenberg-tm" not in text and "Gutenberg License" not in text
+        assert "\r" not in text and "\ufeff" not in text and "\n\n\n" not in text
+    assert botchan.startswith("BOTCHAN (MASTER DARLING)\nBy The Late Mr. Kin-nosuke Natsume")
+    assert botchan.endswith("[Q: stumblieg]\n[R: Rad]")
+    assert moby.startswith("MOBY DICK; OR THE WHALE\n\nBy Herman Melville")
+    assert moby.endswith("only found another\norphan.")
+    # Both books were cached (moby under its id, not its redirect target) and are not fetched again.
+    assert sorted(p.name for p in (cache / "gutenberg").iterdir()) == ["2701.txt", "8868.txt"]
+    before = sum(_Handler.hits.values())
+    list(iter_documents("gutenberg:8868", mirror=server, cache_dir=cache))
+    assert sum(_Handler.hits.values()) == before
+
+
+def test_missing_book_is_one_line_error_and_nothing_cached(server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(DecoderLMError, match=r"Project Gutenberg book 99999.*404") as err:
+        list(iter_documents("gutenberg:99999", mirror=server, cache_dir=cache))
+    assert "\n" not in str(err.value)
+    assert _Handler.hits["/ebooks/99999.txt.utf-8"] == 1  # a 404 is not retried
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_dropped_connection_retries_then_fails_leaving_no_cache(server, tmp_path):
+    cache = tmp_path / "cache"
+    hits = _Handler.hits["/ebooks/1342.txt.utf-8"]
+    with pytest.raises(DecoderLMError, match=r"Project Gutenberg book 1342.*after 3 attempts.*dropped") as err:
+        list(iter_documents("gutenberg:1342", mirror=server, cache_dir=cache))
+    assert "\n" not in str(err.value)
+    assert _Handler.hits["/ebooks/1342.txt.utf-8"] - hits == 3
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_cli_failure_names_book_and_keeps_existing_output(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DECODERLM_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "data"
+    assert main(["prepare", "--source", "toy", "--tokenizer", "toy", "--val-fraction", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    code = main(["prepare", "--source", "gutenberg:8868,1342", "--tokenizer", "char", "--mirror", server,
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("decoderlm: error:") and "1342" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dirs left
+    assert [p.name for p in (tmp_path / "cache" / "gutenberg").iterdir()] == ["8868.txt"]
+
+
+def test_tinystories_one_document_per_story(server, tmp_path):
+    docs = list(iter_documents("tinystories:valid", mirror=server, cache_dir=tmp_path))
+    assert [d.text for d in docs] == STORIES
+    assert (tmp_path / "tinystories" / "TinyStoriesV2-GPT4-valid.txt").is_file()
+    # With max_docs and no cached copy, only the head of the (huge) train file is streamed, uncached.
+    head = list(iter_documents("tinystories", mirror=server, cache_dir=tmp_path / "c2", max_docs=2))
+    assert [d.text for d in head] == STORIES[:2]
+    assert not (tmp_path / "c2" / "tinystories").exists()
+
+
+def test_tinystories_prepare_with_gpt2(server, tmp_path):
+    gpt2 = RAW.parent.parent / "tokenizers" / "gpt2"
+    if not (gpt2 / "gpt2.tiktoken").is_file():
+        pytest.skip("../shared/tokenizers/gpt2 is not available")
+    out = prepare(["tinystories:valid"], str(gpt2), tmp_path / "data", val_fraction=0.0, mirror=server,
+                  cache_dir=tmp_path / "cache", progress=False)
+    data = TokenData.open(out)
+    assert data.meta["train_documents"] == 3 and data.meta["tokenizer"] == "gpt2"
+    assert data.tokenizer.decode(data.train.tolist()) == "<|endoftext|>".join(STORIES) + "<|endoftext|>"
