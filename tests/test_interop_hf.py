@@ -242,3 +242,16 @@ def test_unexplained_weights_are_refused(checkpoints, tmp_path):
     save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(DecoderLMError, match="o_proj.bias"):
         decoderlm.load(target)
+
+
+def test_export_carries_a_tokenizer_json(tmp_path):
+    tokenizers = pytest.importorskip("decoderlm.data.tokenizers")
+    tok = tokenizers.train_tokenizer("bpe", ["to be or not to be, that is the question"] * 20, 300)
+    config = ModelConfig(vocab_size=tok.vocab_size, max_seq_len=16, d_model=32, n_layer=1, n_head=4)
+    LanguageModel.from_model(DecoderLM(config), tokenizer=tok).save(tmp_path / "hf", format="hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == tok.eos_id
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    text = "that is the question"
+    assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text)
+    assert hf_tok.eos_token_id == tok.eos_id
+    assert decoderlm.load(tmp_path / "hf").tokenizer.encode(text) == tok.encode(text)

@@ -52,7 +52,8 @@ class LanguageModel:
         if format == "hf":
             from decoderlm.interop.hf import write_hf_checkpoint
 
-            write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer))
+            write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer),
+                                _special_ids(self.tokenizer))
             return out
         recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
         if recipe.model != config:  # the recipe must describe these weights
@@ -159,8 +160,9 @@ def _save_tokenizer(tokenizer, out: Path) -> None:
 
 
 def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
-    """tokenizer.json (the `tokenizers` library's file, which transformers reads too), if the
-    tokenizer writes one; a tokenizer without it is left out of a Hugging Face export."""
+    """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
+    tokenizer_config.json naming its end and pad tokens, if the tokenizer writes a tokenizer.json;
+    other tokenizers (tiktoken's GPT-2, the toy one) are left out of a Hugging Face export."""
     if tokenizer is None or not hasattr(tokenizer, "save"):
         return {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,5 +171,16 @@ def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
         if not file.is_file():
             return {}
         files = {"tokenizer.json": file.read_bytes()}
-    files["tokenizer_config.json"] = (json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n").encode()
+    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    for role in ("eos", "pad"):
+        token_id = getattr(tokenizer, f"{role}_id", None)
+        if token_id is not None:
+            hf_config[f"{role}_token"] = tokenizer.decode([token_id])
+    files["tokenizer_config.json"] = (json.dumps(hf_config, indent=2) + "\n").encode()
     return files
+
+
+def _special_ids(tokenizer) -> dict[str, int]:
+    """eos/pad token ids for a Hugging Face config.json, from the tokenizer if it knows them."""
+    ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_id", None) for role in ("eos", "pad")}
+    return {key: value for key, value in ids.items() if isinstance(value, int)}

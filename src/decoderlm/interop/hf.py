@@ -79,9 +79,11 @@ def hf_family(config: ModelConfig):
 
 
 def write_hf_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, out_dir: str | Path,
-                        extra_files: dict[str, bytes] | None = None) -> str:
+                        extra_files: dict[str, bytes] | None = None,
+                        token_ids: dict[str, int] | None = None) -> str:
     """Write config.json + model.safetensors that transformers' AutoModelForCausalLM loads.
-    `state` is DecoderLM's state dict with a tied head stored once. Returns the model_type."""
+    `state` is DecoderLM's state dict with a tied head stored once; `extra_files` (name -> bytes)
+    go beside it; `token_ids` (eos_token_id, pad_token_id) into config.json. Returns the model_type."""
     family, model_type = hf_family(config)
     dtype = str(state["tok_emb.weight"].dtype).removeprefix("torch.")
     # safetensors wants every tensor contiguous and owning its memory (the q/k/v splits are views).
@@ -89,7 +91,9 @@ def write_hf_checkpoint(state: dict[str, torch.Tensor], config: ModelConfig, out
                for name, t in family.state_to_hf(state, config).items()}
     out = Path(out_dir)
     writers = [(out / name, bytes_writer(data)) for name, data in (extra_files or {}).items()]
-    writers += [(out / CONFIG_NAME, json_writer(family.config_to_hf(config, model_type, dtype))),
+    hf_config = family.config_to_hf(config, model_type, dtype)
+    hf_config.update({k: v for k, v in (token_ids or {}).items() if 0 <= v < config.vocab_size})
+    writers += [(out / CONFIG_NAME, json_writer(hf_config)),
                 (out / WEIGHTS_NAME, safetensors_writer(tensors, metadata={"format": "pt"}))]
     commit_files(writers)
     return model_type

@@ -28,6 +28,15 @@ def field(hf: dict[str, Any], *names: str, default: Any = _MISSING) -> Any:
     return default
 
 
+def require(hf: dict[str, Any], *keys: str | tuple[str, ...]) -> None:
+    """One error listing every required key config.json lacks (a tuple: alternative spellings)."""
+    groups = [(k,) if isinstance(k, str) else k for k in keys]
+    missing = [g[0] for g in groups if all(hf.get(name) is None for name in g)]
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise DecoderLMError(f"config.json lacks {names}, which a {hf.get('model_type')} checkpoint needs")
+
+
 def positive_int(hf: dict[str, Any], *names: str, default: Any = _MISSING) -> int:
     value = field(hf, *names, default=default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

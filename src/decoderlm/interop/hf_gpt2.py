@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from decoderlm.config import ModelConfig
-from decoderlm.interop.hf_common import WeightReader, flag, number, positive_int, refuse
+from decoderlm.interop.hf_common import WeightReader, flag, number, positive_int, refuse, require
 
 MODEL_TYPES = ("gpt2",)
 _ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
@@ -24,6 +24,8 @@ _LAYER_PARTS = [("ln_1", "norm1", False), ("attn.c_attn", "attn.qkv", True), ("a
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    require(hf, "vocab_size", ("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"),
+            ("n_head", "num_attention_heads"), ("n_positions", "max_position_embeddings"))
     act = hf.get("activation_function", "gelu_new")
     if act not in _ACTIVATIONS:
         raise refuse(f"activation_function {act!r} (supported: {', '.join(_ACTIVATIONS)})")

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from decoderlm.config import ModelConfig
-from decoderlm.interop.hf_common import (WeightReader, field, flag, number, positive_int, refuse, rope_theta,
-                                         set_if)
+from decoderlm.interop.hf_common import (WeightReader, field, flag, number, positive_int, refuse, require,
+                                         rope_theta, set_if)
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -24,6 +24,8 @@ _MISTRAL_DEFAULT_SLIDING_WINDOW = 4096
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     model_type = hf["model_type"]
+    require(hf, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings")
     act = field(hf, "hidden_act", default="silu")
     if act not in ("silu", "swish"):
         raise refuse(f"hidden_act {act!r} in the gated feed-forward (only silu, i.e. SwiGLU, is implemented)")
