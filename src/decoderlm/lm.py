@@ -83,7 +83,11 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
         config, state = recipe.model, read_weights(directory)
     model = DecoderLM(config)
     check_and_load(model, state, directory)
-    model.to(device=torch.device(device or "cpu"), dtype=_dtype(dtype))
+    dtype = _dtype(dtype)
+    try:
+        model.to(device=torch.device(device or "cpu"), dtype=dtype)
+    except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
+        raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
     model.eval()
     return LanguageModel(model=model, config=config, recipe=recipe, tokenizer=_load_tokenizer(directory),
                          source_format=source_format, path=directory)
