@@ -1,0 +1,86 @@
+"""`generate(model, input_ids, max_new_tokens, ...)`: token ids in, token ids out."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from decoderlm.errors import DecoderLMError
+from decoderlm.generate.beam import beam_search
+from decoderlm.generate.decoding import Sequences, as_prompt
+from decoderlm.generate.options import GenerationOptions, eos_tuple
+from decoderlm.generate.sampling import StopFn, sample_steps
+
+
+def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, min_p: float | None = None, repetition_penalty: float = 1.0,
+             num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
+             eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+             attention_mask=None, seed: int | None = None, stream: bool = False,
+             stop_fn: StopFn | None = None):
+    """Continue each prompt row by up to `max_new_tokens` tokens.
+
+    input_ids: (B, T) or (T,) ids, left-padded when the rows differ in length, with `attention_mask`
+    (B, T) marking real tokens 1 and padding 0. temperature 0 is greedy; otherwise tokens are drawn
+    after the repetition penalty, temperature, top-k, top-p and min-p (in that order), from a
+    generator seeded with `seed` (or torch's global state when None). num_beams > 1 is beam search
+    (deterministic; early_stopping as in transformers: True, False or "never").
+    Each row stops at its own EOS (any of `eos_token_id`); afterwards it is filled with pad_token_id
+    (or the EOS). An empty prompt starts from the EOS token.
+
+    Returns (B, T + n) with n <= max_new_tokens (all rows finished early: n is the last row's end),
+    or, with stream=True, an iterator over each step's (B,) new tokens.
+    `stop_fn(sequences)` may return a (B,) bool tensor of rows to finish now (used for stop strings).
+    """
+    opts = GenerationOptions(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, eos_token_ids=eos_tuple(eos_token_id), pad_token_id=pad_token_id,
+        seed=seed)
+    vocab_size = model.config.vocab_size
+    opts.validate(vocab_size)
+    if stream and num_beams > 1:
+        raise DecoderLMError("streaming works with greedy decoding and sampling, not with beam search")
+    device = model.tok_emb.weight.device
+    prompt, mask = as_prompt(input_ids, attention_mask, opts.eos_token_ids, device)
+
+    if stream:
+        return _stream(model, prompt, mask, opts, vocab_size, stop_fn)
+    if max_new_tokens == 0:
+        return prompt.clone()
+    with _eval_mode(model):
+        if num_beams > 1:
+            with torch.inference_mode():
+                seqs = Sequences(model, prompt.repeat_interleave(num_beams, 0),
+                                 None if mask is None else mask.repeat_interleave(num_beams, 0), max_new_tokens)
+                new = beam_search(seqs, opts, vocab_size)
+            return torch.cat([prompt, new.clone()], dim=1)
+        with torch.inference_mode():
+            seqs = Sequences(model, prompt, mask, max_new_tokens)
+        check_every = 1 if device.type == "cpu" else 8  # CPU syncs are free; on GPUs each one stalls
+        for _ in sample_steps(seqs, opts, vocab_size, stop_fn=stop_fn, check_every=check_every):
+            pass
+        # A copy made outside inference mode, so callers may use it with autograd (e.g. a loss).
+        return seqs.all_tokens().clone()
+
+
+def _stream(model, prompt, mask, opts, vocab_size, stop_fn) -> Iterator[torch.Tensor]:
+    """Yield each step's (B,) tokens; the model stays in eval mode until the iterator ends."""
+    with _eval_mode(model):
+        with torch.inference_mode():
+            seqs = Sequences(model, prompt, mask, opts.max_new_tokens)
+        for tokens in sample_steps(seqs, opts, vocab_size, stop_fn=stop_fn, check_every=1):
+            yield tokens.clone()
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Dropout off while generating; the caller's train/eval mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
