@@ -161,6 +161,9 @@ class TrainConfig(_DictMixin):
     compile: bool | None = None  # None: on where it measurably helps
     sampler: str = "random"  # random (nanoGPT windows) | sequential (every offset, by epochs)
     stride: int | None = None  # sequential sampler: window stride, default the context length
+    block_size: int | None = None  # tokens per training window; default the model's max_seq_len
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 fully_shard)
+    peak_flops: float | None = None  # MFU denominator; default a quick matmul measurement
     eval_every: int = 200
     eval_batches: int = 20
     early_stop_patience: int | None = None  # evaluations without improvement before stopping
