@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 from decoderlm.data.tokenizers import KINDS
 
 
@@ -25,12 +28,18 @@ def register(sub):
     p.set_defaults(func=prepare_command)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"decoderlm: warning: {message}", file=sys.stderr)
+
+
 def prepare_command(args) -> int:
     from decoderlm.data.shards import TokenData, prepare
 
-    out = prepare(args.source, args.tokenizer, args.out, vocab_size=args.vocab_size, val_fraction=args.val_fraction,
-                  seed=args.seed, mirror=args.mirror, max_docs=args.max_docs, progress=not args.no_progress,
-                  cache_dir=args.cache_dir)
+    with warnings.catch_warnings():  # data warnings (e.g. invalid UTF-8 replaced) as one line each
+        warnings.showwarning = _one_line_warning
+        out = prepare(args.source, args.tokenizer, args.out, vocab_size=args.vocab_size,
+                      val_fraction=args.val_fraction, seed=args.seed, mirror=args.mirror, max_docs=args.max_docs,
+                      progress=not args.no_progress, cache_dir=args.cache_dir)
     meta = TokenData.open(out).meta
     print(f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
           f"({meta['train_documents']} + {meta['val_documents']} documents), {meta['tokenizer']} vocab {meta['vocab_size']:,}")

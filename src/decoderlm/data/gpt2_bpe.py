@@ -13,7 +13,6 @@ from decoderlm.errors import DecoderLMError
 ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256
 TIKTOKEN_FILE = "gpt2.tiktoken"
-CONFIG_FILE = "tokenizer_config.json"
 
 
 def _read_tiktoken_file(path: Path) -> dict[bytes, int]:

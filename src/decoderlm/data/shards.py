@@ -13,6 +13,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -157,7 +158,8 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
         train_docs, val_docs = [docs[i] for i in split[0]], [docs[i] for i in split[1]]
         split_unit = "document"
 
-    tok = build_tokenizer(tokenizer, (d.text for d in docs), vocab_size)
+    # The trainer's bar shows only on a terminal; it is the slow step for large BPE vocabularies.
+    tok = build_tokenizer(tokenizer, (d.text for d in docs), vocab_size, progress=progress and sys.stderr.isatty())
     if tok.eos_id is None:
         raise DecoderLMError(f"tokenizer {tokenizer} has no end-of-text token to join documents with")
     dtype = token_dtype(tok.vocab_size)

@@ -176,7 +176,7 @@ def _first_id(tok, candidates) -> int | None:
 
 # --- training -------------------------------------------------------------------------------------
 
-def _pipeline(kind: str, vocab_size: int):
+def _pipeline(kind: str, vocab_size: int, progress: bool):
     """An untrained HF tokenizer of `kind` and its trainer."""
     from tokenizers import decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTok
@@ -186,17 +186,17 @@ def _pipeline(kind: str, vocab_size: int):
         tok = HFTok(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=progress,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     elif kind == "wordpiece":
         tok = HFTok(models.WordPiece(unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=progress)
     elif kind == "word":
         tok = HFTok(models.WordLevel(unk_token=UNK))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=progress)
     return tok, trainer, len(specials)
 
 
@@ -231,15 +231,16 @@ def min_vocab_size(kind: str) -> int:
     return {"bpe": 258, "wordpiece": 4, "word": 4, "char": 4}[kind]
 
 
-def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """Train a `kind` tokenizer (bpe, wordpiece, word, char) of at most `vocab_size` tokens."""
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int, *, progress: bool = False) -> Tokenizer:
+    """Train a `kind` tokenizer (bpe, wordpiece, word, char) of at most `vocab_size` tokens
+    (`progress`: the trainer's own progress bar on a terminal)."""
     if kind not in TRAINABLE:
         raise DecoderLMError(f"cannot train a {kind!r} tokenizer: trainable kinds are {', '.join(TRAINABLE)}")
     if vocab_size < min_vocab_size(kind):
         raise DecoderLMError(f"vocab size {vocab_size} is too small for a {kind} tokenizer: use at least {min_vocab_size(kind)}")
     if kind == "char":
         return _train_char(texts, vocab_size)
-    tok, trainer, _ = _pipeline(kind, vocab_size)
+    tok, trainer, _ = _pipeline(kind, vocab_size, progress)
     seen = [0]
 
     def counted(items):
@@ -305,12 +306,13 @@ def _load_hf(file: Path, kind: str) -> Tokenizer:
         raise DecoderLMError(f"{file} is not a valid tokenizer.json: {str(err).splitlines()[0]}") from None
 
 
-def build_tokenizer(spec: str, texts: Iterable[str] | None = None, vocab_size: int = 4096) -> Tokenizer:
+def build_tokenizer(spec: str, texts: Iterable[str] | None = None, vocab_size: int = 4096, *,
+                    progress: bool = False) -> Tokenizer:
     """A tokenizer from a kind name (trained on `texts` where needed) or a saved tokenizer's path."""
     if spec in TRAINABLE:
         if texts is None:
             raise DecoderLMError(f"a {spec} tokenizer must be trained: give it texts")
-        return train_tokenizer(spec, texts, vocab_size)
+        return train_tokenizer(spec, texts, vocab_size, progress=progress)
     if spec == "toy":
         return ToyTokenizer()
     if spec == "gpt2":
