@@ -1,0 +1,85 @@
+"""Training-step throughput: forward, backward and optimizer step, decoderlm against transformers'
+LlamaForCausalLM with identical weights, batch, dtype and compile setting."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from decoderlm.bench.common import alternate, markdown_table, matmul_peak, median
+from decoderlm.bench.peers import SIZES, llama_pair
+
+
+def train_flops_per_token(model, seq_len: int) -> float:
+    """6 FLOPs per weight per token (forward 2, backward 4) for every matmul weight, plus attention's
+    12 * layers * width * seq_len (PaLM's estimate, as nanoGPT's MFU)."""
+    cfg = model.config
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n)
+    if cfg.tie_embeddings:
+        matmul_params += model.lm_head.weight.numel()
+    return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def _make_step(loss_fn, params, dtype, compiled: bool):
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=True)
+    if compiled:
+        loss_fn = torch.compile(loss_fn)
+
+    def step():
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len: int = 256,
+        compile_modes=(False, True)) -> list[dict]:
+    rows = []
+    sizes = ["4x256"] if quick else ["6x512", "4x256"]
+    peak = matmul_peak(dtype)
+    for size_name in sizes:
+        ours, hf = llama_pair(SIZES[size_name])
+        ours.train(), hf.train()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(0, ours.config.vocab_size, (batch_size, seq_len), generator=gen)
+        y = torch.randint(0, ours.config.vocab_size, (batch_size, seq_len), generator=gen)
+        flops = train_flops_per_token(ours, seq_len) * batch_size * seq_len
+        for compiled in compile_modes:
+            a, b = copy.deepcopy(ours), copy.deepcopy(hf)
+            runs = {
+                "decoderlm": _make_step(lambda: a.loss(x, y)[0], a.parameters(), dtype, compiled),
+                "transformers": _make_step(lambda: _hf_loss(b, x, y), b.parameters(), dtype, compiled),
+            }
+            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 5)
+            tok_s = {k: batch_size * seq_len / median(v) for k, v in seconds.items()}
+            rows.append({
+                "suite": "train", "size": size_name, "dtype": str(dtype).replace("torch.", ""),
+                "compile": compiled, "decoderlm tok/s": tok_s["decoderlm"],
+                "transformers tok/s": tok_s["transformers"],
+                "ratio": tok_s["decoderlm"] / tok_s["transformers"],
+                "decoderlm MFU": flops / median(seconds["decoderlm"]) / peak,
+                "matmul peak GFLOP/s": peak / 1e9,
+            })
+    return rows
+
+
+def _hf_loss(model, x, y):
+    """transformers shifts labels itself, so give it the same next-token targets as decoderlm: the
+    logits at t predict y[t]."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+
+
+COLUMNS = ["size", "dtype", "compile", "decoderlm tok/s", "transformers tok/s", "ratio", "decoderlm MFU",
+           "matmul peak GFLOP/s"]
+
+
+if __name__ == "__main__":
+    print(markdown_table(run(quick=True), COLUMNS))
