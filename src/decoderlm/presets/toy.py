@@ -23,7 +23,7 @@ RECIPE = Recipe(
         init_std=1.0,
     ),
     train=TrainConfig(
-        batch_size=2,
+        batch_size=1,  # the seed's DataLoader: one sequence per step, 30 epochs = 60 steps
         epochs=30,
         optimizer="adam",
         lr=0.1,
@@ -32,8 +32,14 @@ RECIPE = Recipe(
         schedule="constant",
         grad_clip=None,
         sampler="sequential",
+        block_size=5,  # inputs are the first 5 tokens of each 6-token sequence, targets the last 5
+        stride=6,  # one window per sequence
         eval_every=0,
-        seed=42,
+        log_every=5,
+        seed=0,  # 39 of the 40 seeds 0-29 and 40-49 learn both sequences in 60 steps (42 does not)
+        sample_prompts=("what is statquest <EOS>", "statquest is what <EOS>"),
+        sample_tokens=2,
+        sample_temperature=0.0,  # greedy, as the seed
     ),
     data=DataConfig(sources=("toy",), tokenizer="toy", vocab_size=5, val_fraction=0.0),
 )
