@@ -1,0 +1,64 @@
+"""How one global batch becomes this process's micro-batches.
+
+Every process draws the same global batch (the samplers run with the same seed everywhere) and
+takes its own slice of rows, which it splits into `accum` micro-batches. So the union of all
+processes' micro-batches is exactly the batch a single process would use: results do not depend
+on the number of processes, and the sampler state is the same on every rank (rank 0 saves it).
+Reading the other ranks' rows from the memmap costs nothing next to the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class MicroBatch:
+    x: torch.Tensor  # (b, T)
+    y: torch.Tensor  # (b, T)
+    weight: float  # multiplies this micro-batch's mean loss (0 for a placeholder)
+    rows: int  # real rows (0 for a placeholder)
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int | None, world_size: int) -> int:
+    per_rank = math.ceil(batch_size / world_size)
+    return max(1, math.ceil(per_rank / (micro_batch_size or per_rank)))
+
+
+def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, accum: int) -> list[MicroBatch]:
+    """This rank's `accum` micro-batches of the global batch (B, T).
+
+    The weights make sum(weight * mean loss) over micro-batches, averaged over ranks (which is
+    what DDP/FSDP do to gradients), equal the mean loss over the whole global batch, also when the
+    rows do not divide evenly. A rank left without rows (a short last batch) still runs one
+    placeholder row with weight 0, so every rank joins the same collectives.
+    """
+    total = x.shape[0]
+    out = []
+    for xs, ys in zip(x.tensor_split(world_size)[rank].tensor_split(accum),
+                      y.tensor_split(world_size)[rank].tensor_split(accum)):
+        rows = xs.shape[0]
+        if rows == 0:
+            out.append(MicroBatch(x[:1], y[:1], 0.0, 0))
+        else:
+            out.append(MicroBatch(xs, ys, rows / total * world_size, rows))
+    return out
+
+
+class LossModule(nn.Module):
+    """forward(idx, targets) -> (total loss, cross-entropy) of the wrapped DecoderLM.
+
+    DDP and FSDP hook a module's forward; the loss is a method of the model, so this one-line
+    module makes it the forward that they wrap (the model itself stays untouched).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx, targets):
+        return self.model.loss(idx, targets)

@@ -1,0 +1,318 @@
+"""The one training loop: batches -> micro-batches -> loss -> clipped update, with evaluation,
+early stopping, crash-safe checkpoints and logs. Runs alone or as one process of torchrun.
+
+Exact resume on CPU: the schedule is a pure function of the step, the sampler's position and the
+optimizer state are checkpointed, and dropout's random stream is re-seeded from (seed, step, rank)
+at every step, so a resumed run continues bit for bit and does not depend on saved RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, json_writer, safetensors_writer,
+                                     write_file_atomic)
+from decoderlm.config import Recipe
+from decoderlm.data.samplers import RandomWindows, SequentialWindows
+from decoderlm.errors import DecoderLMError
+from decoderlm.model import DecoderLM
+from decoderlm.train import checkpoint, distributed
+from decoderlm.train.batches import LossModule, accumulation_steps, micro_batches
+from decoderlm.train.device import autocast, autocast_dtype
+from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
+                                     plot_losses, progress_bar)
+from decoderlm.train.optim import build_optimizer, set_lr
+from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+
+SAMPLERS = ("random", "sequential")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped: str  # max_steps | time_budget | early_stopping | stop_at_step
+    val_loss: float | None
+    best_val_loss: float | None
+
+
+class Trainer:
+    """Build everything from a recipe and a TokenData, then `fit()`."""
+
+    def __init__(self, recipe: Recipe, data, run_dir, *, resume: bool = False, progress: bool = True,
+                 stop_at_step: int | None = None):
+        self.recipe, self.data, self.run_dir = recipe, data, Path(run_dir)
+        self.cfg = cfg = recipe.train
+        self.progress, self.stop_at_step = progress, stop_at_step
+        self.dist = distributed.setup()
+        self.device = self.dist.device
+        self.block = cfg.block_size or recipe.model.max_seq_len
+        if not 0 < self.block <= recipe.model.max_seq_len:
+            raise DecoderLMError(f"train.block_size {self.block} must be between 1 and the model's context "
+                                 f"({recipe.model.max_seq_len})")
+        self.amp = autocast_dtype(self.device, cfg.dtype)
+        self.budget = parse_duration(cfg.time_budget)
+        self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
+        self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
+
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        model = DecoderLM(recipe.model)
+        self.counters = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "bad_steps": 0,
+                         "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
+        saved = None
+        if resume:
+            weights, saved, where = checkpoint.load_last(self.run_dir)
+            check_and_load(model, weights, where)
+            self.counters.update({k: saved[k] for k in self.counters if k in saved})
+        elif self.dist.is_main:  # config.json, tokenizer and the initial weights: a loadable run from the start
+            from decoderlm.lm import LanguageModel
+
+            LanguageModel.from_model(model, data.tokenizer, recipe).save(self.run_dir)
+        self.model = model
+        self.flops_per_token = flops_per_token(model, self.block)
+        self.loss_module = distributed.wrap(LossModule(model.to(self.device)), self.dist, cfg.parallel)
+        use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.forward = torch.compile(self.loss_module) if use_compile else self.loss_module
+        self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
+        self.sampler = self._train_sampler()
+        self.total_steps = self._total_steps()
+        if saved is not None:
+            distributed.load_optimizer_state(self.loss_module, self.optimizer, saved["optimizer"], self.sharded)
+            self.sampler.load_state_dict(saved["sampler"])
+            _restore_rng(saved.get("rng"))
+            if self.dist.is_main:  # the (possibly extended) recipe of the resumed run
+                write_file_atomic(self.run_dir / CONFIG_NAME, json_writer(recipe.to_dict()))
+        self.metrics = MetricsLog(self.run_dir)
+        if self.dist.is_main:
+            self.metrics.truncate_after(self.counters["step"])
+        self.eval_enabled = cfg.eval_every > 0 and len(data.val) > self.block
+        self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
+        self.saved_step = self.counters["step"] if resume else None
+
+    # -- set-up helpers ---------------------------------------------------------------------------
+    def _train_sampler(self):
+        cfg = self.cfg
+        if cfg.sampler not in SAMPLERS:
+            raise DecoderLMError(f"train.sampler must be one of {SAMPLERS}, got {cfg.sampler!r}")
+        # Every rank draws the same global batch and takes its own rows (see train/batches.py).
+        if cfg.sampler == "sequential":
+            return SequentialWindows(self.data.train, self.block, cfg.batch_size, stride=cfg.stride, seed=cfg.seed)
+        return RandomWindows(self.data.train, self.block, cfg.batch_size, seed=cfg.seed)
+
+    def _total_steps(self) -> int:
+        cfg = self.cfg
+        if isinstance(self.sampler, SequentialWindows):
+            per_epoch = self.sampler.batches_per_epoch
+        else:
+            per_epoch = max(1, len(self.data.train) // (cfg.batch_size * self.block))
+        limits = [cfg.max_steps] if cfg.max_steps else []
+        if cfg.epochs:
+            limits.append(math.ceil(cfg.epochs * per_epoch))
+        return min(limits) if limits else per_epoch  # neither given: one epoch
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        c, cfg, main = self.counters, self.cfg, self.dist.is_main
+        compute_dtype = "bfloat16" if self.amp == torch.bfloat16 else "float32"
+        peak = cfg.peak_flops or (measured_peak_flops(self.device.type, compute_dtype) if main else None)
+        meter = Throughput(self.flops_per_token, peak)
+        bar = progress_bar(self.total_steps, c["step"], self.progress and main)
+        start, elapsed_before = time.perf_counter(), c["elapsed"]
+        stopped, val_loss = "max_steps", None
+        try:
+            while c["step"] < self.total_steps:
+                c["elapsed"] = elapsed_before + time.perf_counter() - start
+                if self.budget and distributed.broadcast_flag(c["elapsed"] >= self.budget, self.dist):
+                    stopped = "time_budget"
+                    break
+                loss, grad_norm, lr = self._step()
+                c["step"] += 1
+                c["tokens"] += cfg.batch_size * self.block
+                meter.add(cfg.batch_size * self.block)
+                bar.update(1)
+                if c["step"] % cfg.log_every == 0 or c["step"] == self.total_steps:
+                    rate, mfu = meter.report()
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", refresh=False)
+                    self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                               "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
+                if self.eval_enabled and c["step"] % cfg.eval_every == 0:
+                    val_loss = self._evaluate_and_track(bar)
+                    if cfg.early_stop_patience and c["evals_without_improvement"] >= cfg.early_stop_patience:
+                        stopped = "early_stopping"
+                        break
+                if c["step"] % self.save_every == 0:
+                    self._save()
+                if self.stop_at_step is not None and c["step"] >= self.stop_at_step:
+                    stopped = "stop_at_step"
+                    break
+            c["elapsed"] = elapsed_before + time.perf_counter() - start
+            if self.eval_enabled and stopped in ("max_steps", "time_budget") and c["step"] % cfg.eval_every:
+                val_loss = self._evaluate_and_track(bar)
+            if self.saved_step != c["step"]:
+                self._save()
+        finally:
+            bar.close()
+        if main:
+            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+        distributed.barrier(self.dist)
+        return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"])
+
+    def _step(self) -> tuple[float, float, float]:
+        """One optimizer step over the global batch: returns (mean loss, grad norm, lr)."""
+        c, cfg = self.counters, self.cfg
+        lr_scale = lr_factor(c["step"], cfg, horizon(c["step"], self.total_steps,
+                                                      c["elapsed"] / self.budget if self.budget else 0.0))
+        set_lr(self.optimizer, lr_scale)
+        x, y = self.sampler.next_batch()
+        # Dropout's randomness from (seed, step, rank): resume needs no RNG state to be exact.
+        torch.manual_seed(cfg.seed + 1_000_003 * (c["step"] + 1) + self.dist.rank)
+        pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum)
+        loss_sum = torch.zeros((), device=self.device)
+        for i, mb in enumerate(pieces):
+            with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.amp):
+                total, ce = self.forward(mb.x.to(self.device), mb.y.to(self.device))
+            (total * mb.weight).backward()
+            loss_sum += ce.detach().float() * mb.weight / self.dist.world_size
+        loss = distributed.all_reduce_sum(loss_sum, self.dist).item()
+        grad_norm = self._clip()
+        if math.isfinite(grad_norm) and math.isfinite(loss):
+            self.optimizer.step()
+            c["bad_steps"] = 0
+        else:
+            c["bad_steps"] += 1
+            c["total_bad_steps"] += 1
+            if c["bad_steps"] >= cfg.max_bad_steps:
+                kept = (f"the last good checkpoint (step {self.saved_step}) is kept in {self.run_dir}/checkpoints/last"
+                        if self.saved_step is not None else "no checkpoint had been saved yet")
+                raise DecoderLMError(f"training stopped at step {c['step'] + 1}: {c['bad_steps']} steps in a row had a "
+                                     f"non-finite loss or gradient (lower train.lr or set train.grad_clip); {kept}")
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grad_norm, cfg.lr * lr_scale
+
+    def _no_sync(self, skip: bool):
+        """Accumulating micro-batches: all-reduce gradients only after the last one."""
+        if not (skip and self.dist.enabled):
+            return contextlib.nullcontext()
+        if self.sharded:
+            self.loss_module.set_requires_gradient_sync(False)
+            return _restore_sync(self.loss_module)
+        return self.loss_module.no_sync()
+
+    def _clip(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
+            norm = norm.full_tensor()
+        return float(norm)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over `eval_batches` global batches, the same windows every time
+        (a fresh sampler with a fixed seed), so evaluations are comparable."""
+        cfg = self.cfg
+        sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
+        self.loss_module.eval()
+        try:
+            for _ in range(cfg.eval_batches):
+                x, y = sampler.next_batch()
+                for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
+                    with autocast(self.device, self.amp):
+                        _, ce = self.loss_module(mb.x.to(self.device), mb.y.to(self.device))
+                    sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
+        finally:
+            self.loss_module.train()
+        sums = distributed.all_reduce_sum(sums, self.dist)
+        return float(sums[0] / sums[1])
+
+    def _evaluate_and_track(self, bar) -> float:
+        c = self.counters
+        val_loss = self.evaluate()
+        improved = c["best_val_loss"] is None or val_loss < c["best_val_loss"]
+        if improved:
+            c["best_val_loss"], c["evals_without_improvement"] = val_loss, 0
+        else:
+            c["evals_without_improvement"] += 1
+        record = {"step": c["step"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+        meta = self.data.meta
+        if meta.get("val_bytes") and len(self.data.val):  # bits per byte: comparable across tokenizers
+            record["val_bpb"] = val_loss * len(self.data.val) / meta["val_bytes"] / math.log(2)
+        self._log(record)
+        if self.dist.is_main:
+            bar.write(f"step {c['step']}: val loss {val_loss:.4f}, ppl {record['val_ppl']:.2f}"
+                      + (" (best)" if improved else ""))
+        weights = self._gather_weights() if improved else None
+        if improved and self.dist.is_main:
+            checkpoint.save_best(self.run_dir, weights, c["step"])
+            self._publish(weights)
+        if self.dist.is_main:
+            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+        return val_loss
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if self.dist.is_main:
+            self.metrics.write(record)
+
+    def _gather_weights(self) -> dict[str, torch.Tensor]:
+        state = distributed.full_model_state(self.loss_module, self.sharded)
+        return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
+
+    def _publish(self, weights: dict[str, torch.Tensor]) -> None:
+        """RUN_DIR/model.safetensors: what `decoderlm generate RUN_DIR` loads (best, or last without
+        evaluation), in the run-directory format of decoderlm.lm."""
+        write_file_atomic(self.run_dir / WEIGHTS_NAME, safetensors_writer(weights, {"format": "pt"}))
+
+    def _save(self) -> None:
+        weights = self._gather_weights()
+        optim_state = distributed.full_optimizer_state(self.loss_module, self.optimizer, self.sharded)
+        if self.dist.is_main:
+            state = {"version": checkpoint.STATE_VERSION, **self.counters, "optimizer": optim_state,
+                     "sampler": self.sampler.state_dict(), "rng": _rng_state(),
+                     "world_size": self.dist.world_size}
+            checkpoint.save_last(self.run_dir, weights, state)
+            if not self.eval_enabled:
+                self._publish(weights)
+        self.saved_step = self.counters["step"]
+        distributed.barrier(self.dist)
+
+
+@contextlib.contextmanager
+def _restore_sync(module):
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def _rng_state() -> dict:
+    """Rank 0's RNG states, for code outside the loop that draws random numbers (the loop itself
+    re-seeds per step). Plain types and tensors only, for weights_only loading."""
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)]}
+
+
+def _restore_rng(state: dict | None) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def train(recipe: Recipe, data, run_dir, **kwargs) -> TrainResult:
+    """Train `recipe` on `data` (a decoderlm.data.shards.TokenData) into `run_dir`."""
+    return Trainer(recipe, data, run_dir, **kwargs).fit()

@@ -1,0 +1,34 @@
+"""A few generations from a finished run, loaded back from its directory exactly as
+`decoderlm generate RUN_DIR` would (so they also check that the run directory is complete)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from decoderlm.config import TrainConfig
+
+
+def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> list[tuple[str, str]]:
+    """(prompt, continuation) for each of `config.sample_prompts` (one sample from the EOS token if
+    there are none). Temperature 0 decodes greedily."""
+    import decoderlm
+    from decoderlm.generate import generate
+
+    lm = decoderlm.load(run_dir)
+    tok = lm.tokenizer
+    if tok is None:
+        return []
+    prompts = list(config.sample_prompts) or [""]
+    out = []
+    for prompt in prompts:
+        ids = tok.encode(prompt) if prompt else [tok.eos_id]
+        room = lm.config.max_seq_len - len(ids)
+        if room <= 0:
+            continue
+        tokens = generate(lm.model, torch.tensor([ids]), min(config.sample_tokens, room),
+                          temperature=config.sample_temperature, top_k=None, eos_token_id=tok.eos_id,
+                          seed=seed if seed is not None else config.seed)
+        out.append((prompt, tok.decode(tokens[0, len(ids):].tolist())))
+    return out
