@@ -37,6 +37,12 @@ class LanguageModel:
     def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None) -> "LanguageModel":
         return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer)
 
+    def generate(self, text_or_texts: str | list[str], **kwargs) -> str | list[str]:
+        """Continue a prompt (-> str) or prompts (-> list); see decoderlm.generate.generate_text."""
+        from decoderlm.generate.text import generate_text
+
+        return generate_text(self, text_or_texts, **kwargs)
+
     def save(self, out_dir: str | Path, format: str = "native") -> Path:
         """Write the model to `out_dir` (created if needed; files in it are replaced atomically).
 
