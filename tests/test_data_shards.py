@@ -133,8 +133,6 @@ def test_random_windows_are_shifted_deterministic_and_resumable():
     c = RandomWindows(TOKENS, block_size=16, batch_size=4, seed=99)
     c.load_state_dict(state)
     assert all(torch.equal(c.next_batch()[0], e) for e in expected)
-    other_rank = RandomWindows(TOKENS, block_size=16, batch_size=4, seed=3, rank=1, world_size=2)
-    assert not torch.equal(other_rank.next_batch()[0], x)
     # every start is reachable, including the last one whose target still fits
     d = RandomWindows(np.arange(18), block_size=16, batch_size=64, seed=0)
     assert set(d.next_batch()[0][:, 0].tolist()) == {0, 1}
@@ -164,12 +162,38 @@ def test_sequential_windows_resume_and_split_across_ranks():
     b = SequentialWindows(TOKENS, block_size=10, batch_size=8, seed=1)
     b.load_state_dict(state)
     assert all(torch.equal(b.next_batch()[0], e) for e in expected)
-    ranks = [SequentialWindows(TOKENS, block_size=10, batch_size=4, seed=1, rank=r, world_size=2) for r in (0, 1)]
-    seen = [[s.next_batch()[0][:, 0].tolist() for _ in range(s.batches_per_epoch)] for s in ranks]
-    flat = [sum(part, []) for part in seen]
-    assert ranks[0].batches_per_epoch == ranks[1].batches_per_epoch and not set(flat[0]) & set(flat[1])
     with pytest.raises(DecoderLMError, match="data changed"):
         SequentialWindows(TOKENS[:500], block_size=10, batch_size=8, seed=1).load_state_dict(state)
+    with pytest.raises(DecoderLMError, match="global batch of 8 windows, now 16"):
+        SequentialWindows(TOKENS, block_size=10, batch_size=8, seed=1, rank=0, world_size=2).load_state_dict(state)
+
+
+@pytest.mark.parametrize("world_size,per_rank", [(2, 4), (3, 3)])
+@pytest.mark.parametrize("make", [
+    lambda **kw: SequentialWindows(TOKENS, block_size=10, stride=7, seed=1, **kw),
+    lambda **kw: RandomWindows(TOKENS, block_size=10, seed=1, **kw),
+], ids=["sequential", "random"])
+def test_ranks_split_the_single_process_batch(make, world_size, per_rank):
+    """W ranks with batch_size b consume, at every step, exactly the batch (in order) that one
+    process with batch_size W*b consumes: disjoint parts that cover it. 142 windows of stride 7
+    leave a short last step per epoch (142 % 8 = 6 windows: 3 + 3; 142 % 9 = 7: 3 + 2 + 2)."""
+    single = make(batch_size=world_size * per_rank)
+    ranks = [make(batch_size=per_rank, rank=r, world_size=world_size) for r in range(world_size)]
+    steps = 2 * getattr(single, "batches_per_epoch", 20) + 3  # crosses two epoch boundaries
+    for step in range(steps):
+        if step == 7:  # resume every rank from its own state halfway: nothing changes
+            states = [r.state_dict() for r in ranks]
+            ranks = [make(batch_size=per_rank, rank=r, world_size=world_size) for r in range(world_size)]
+            for r, state in zip(ranks, states):
+                r.load_state_dict(state)
+        x, y = single.next_batch()
+        parts = [r.next_batch() for r in ranks]
+        assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+        sizes = [p[0].shape[0] for p in parts]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    if isinstance(single, SequentialWindows):
+        assert all(r.batches_per_epoch == single.batches_per_epoch == -(-142 // (world_size * per_rank)) for r in ranks)
+        assert all(r.epoch == single.epoch == 2 for r in ranks)
 
 
 def test_samplers_refuse_a_split_shorter_than_a_window():
