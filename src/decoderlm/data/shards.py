@@ -121,10 +121,22 @@ def _collect(sources: list[str], *, mirror, max_docs, cache_dir) -> tuple[list[D
 
 
 def _check_out_dir(out: Path) -> None:
+    blocker = next((p for p in out.absolute().parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise DecoderLMError(f"cannot write {out}: {blocker} is a file, not a directory")
     if out.exists() and not out.is_dir():
         raise DecoderLMError(f"output {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
         raise DecoderLMError(f"refusing to replace {out}: it is not empty and not a decoderlm data directory")
+
+
+def _make_temp_dir(out: Path) -> Path:
+    """An empty sibling of `out` to build the data directory in (renamed into place at the end)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    except OSError as err:  # a read-only file system, no permission, ...
+        raise DecoderLMError(f"cannot write {out}: {err.strerror or err}") from None
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -133,7 +145,12 @@ def _replace_dir(tmp: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old-{tmp.name}")
         out.rename(old)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -141,15 +158,33 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 4096, val_fraction: float = 0.1,
             seed: int = 1337, mirror: str | None = None, max_docs: int | None = None, progress: bool = True,
             cache_dir=None) -> Path:
-    """Read `sources`, build the tokenizer, write the token shards to `out_dir`; returns its path."""
-    from tqdm.auto import tqdm
+    """Read `sources`, build the tokenizer, write the token shards to `out_dir`; returns its path.
 
+    Everything is built in a temporary sibling directory (made first, so an unwritable place fails
+    before any slow work) and renamed into place only when complete."""
     if not 0 <= val_fraction < 1:
         raise DecoderLMError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
-    sources = list(sources) or ["shakespeare"]
-    docs, described = _collect(sources, mirror=mirror, max_docs=max_docs, cache_dir=cache_dir)
+    tmp = _make_temp_dir(out)
+    try:
+        _build(tmp, list(sources) or ["shakespeare"], tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+               seed=seed, progress=progress, mirror=mirror, max_docs=max_docs, cache_dir=cache_dir)
+        try:
+            _replace_dir(tmp, out)
+        except OSError as err:
+            raise DecoderLMError(f"cannot write {out}: {err.strerror or err}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _build(tmp: Path, sources: list[str], tokenizer: str, *, vocab_size: int, val_fraction: float, seed: int,
+           progress: bool, **source_options) -> None:
+    from tqdm.auto import tqdm
+
+    docs, described = _collect(sources, **source_options)
     split = split_documents(len(docs), val_fraction, seed)
     if split is None:
         train_docs, val_docs = _tail_split(docs, val_fraction)
@@ -164,8 +199,6 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
         raise DecoderLMError(f"tokenizer {tokenizer} has no end-of-text token to join documents with")
     dtype = token_dtype(tok.vocab_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         total = sum(len(d.text.encode("utf-8")) for d in train_docs + val_docs)
         with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress or None) as bar:
@@ -188,11 +221,8 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp)
-        _replace_dir(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    except OSError as err:  # e.g. the disk filled up; the old output is untouched
+        raise DecoderLMError(f"cannot write the output in {tmp.parent}: {err.strerror or err}") from None
 
 
 class TokenData:
