@@ -95,6 +95,12 @@ def test_bad_files(tmp_path):
         list(iter_documents(str(bad_gz)))
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs a file that fails to read (Linux /proc)")
+def test_unreadable_file_is_one_line_error():
+    with pytest.raises(DecoderLMError, match="cannot read /proc/self/mem: Input/output error"):
+        list(iter_documents("/proc/self/mem"))
+
+
 def test_gutenberg_ids():
     assert parse_ids("seed") == list(SEED_BOOKS) and len(SEED_BOOKS) == 11
     assert parse_ids("8868, 2701") == [8868, 2701]

@@ -199,7 +199,10 @@ def _hidden(relative: Path) -> bool:
 
 def read_file(path: Path) -> Iterator[Document]:
     """One document per text/markdown file; one per line (its "text" field) for .jsonl."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # no permission, an I/O error, a file that vanished
+        raise DecoderLMError(f"cannot read {path}: {err.strerror or err}") from None
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
