@@ -146,6 +146,13 @@ def test_cli_failure_names_book_and_keeps_existing_output(server, tmp_path, caps
     assert [p.name for p in (tmp_path / "cache" / "gutenberg").iterdir()] == ["8868.txt"]
 
 
+def test_unusable_cache_dir_is_one_line_error(server, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DecoderLMError, match="cannot create the download cache .*a_file.* --cache-dir") as err:
+        list(iter_documents("gutenberg:8868", mirror=server, cache_dir=tmp_path / "a_file"))
+    assert "\n" not in str(err.value)
+
+
 def test_tinystories_one_document_per_story(server, tmp_path):
     docs = list(iter_documents("tinystories:valid", mirror=server, cache_dir=tmp_path))
     assert [d.text for d in docs] == STORIES

@@ -77,7 +77,11 @@ def fetch(url: str, target: Path, *, what: str, timeout: float = TIMEOUT) -> Pat
     """
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DecoderLMError(f"cannot create the download cache {target.parent}: {err.strerror or err} "
+                             "(choose another with --cache-dir or DECODERLM_CACHE_DIR)") from None
     last_error = "unknown error"
     for attempt in range(len(RETRY_DELAYS) + 1):
         if attempt:
