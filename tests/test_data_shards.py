@@ -85,6 +85,14 @@ def test_single_document_is_split_at_its_tail(corpus, tmp_path):
     assert head + tail == text and head.endswith("\n") and 0.08 < len(tail) / len(text) < 0.12
 
 
+def test_too_little_text_for_a_training_split_is_an_error(tmp_path):
+    (tmp_path / "tiny.txt").write_text("x")
+    with pytest.raises(DecoderLMError, match="no training text.*--val-fraction 0"):
+        prepare([str(tmp_path / "tiny.txt")], "char", tmp_path / "d", progress=False)
+    data = TokenData.open(prepare([str(tmp_path / "tiny.txt")], "char", tmp_path / "d", val_fraction=0, progress=False))
+    assert data.tokenizer.decode(data.train[:-1].tolist()) == "x" and len(data.val) == 0
+
+
 def test_dtype_follows_the_vocabulary(tmp_path):
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
     words = " ".join(f"w{i}" for i in range(70_000))

@@ -192,6 +192,9 @@ def _build(tmp: Path, sources: list[str], tokenizer: str, *, vocab_size: int, va
     else:
         train_docs, val_docs = [docs[i] for i in split[0]], [docs[i] for i in split[1]]
         split_unit = "document"
+    if not train_docs:  # a tiny single document: its "tail" is all of it
+        raise DecoderLMError(f"no training text is left after holding out {val_fraction:.0%} for validation: "
+                             "add more text or use --val-fraction 0")
 
     # The trainer's bar shows only on a terminal; it is the slow step for large BPE vocabularies.
     tok = build_tokenizer(tokenizer, (d.text for d in docs), vocab_size, progress=progress and sys.stderr.isatty())
