@@ -32,8 +32,6 @@ from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_pe
 from decoderlm.train.optim import build_optimizer, set_lr
 from decoderlm.train.schedule import horizon, lr_factor, parse_duration
 
-SAMPLERS = ("random", "sequential")
-
 
 @dataclass
 class TrainResult:
@@ -100,8 +98,6 @@ class Trainer:
     # -- set-up helpers ---------------------------------------------------------------------------
     def _train_sampler(self):
         cfg = self.cfg
-        if cfg.sampler not in SAMPLERS:
-            raise DecoderLMError(f"train.sampler must be one of {SAMPLERS}, got {cfg.sampler!r}")
         # Every rank draws the same global batch and takes its own rows (see train/batches.py).
         if cfg.sampler == "sequential":
             return SequentialWindows(self.data.train, self.block, cfg.batch_size, stride=cfg.stride, seed=cfg.seed)
