@@ -32,7 +32,8 @@ RECIPE = Recipe(
         warmup_steps=100,
         eval_every=200,
         eval_batches=10,
-        dtype="auto",
+        dtype="auto",  # bf16 autocast on CPUs with AMX/AVX512-BF16: measured 1.6-1.75x faster than fp32 here
+        compile=True,  # measured ~1.7x faster steps on 2 CPU cores after a one-off compile (7-25 s)
         sample_prompts=("ROMEO:", "First Citizen:\n"),
     ),
     data=DataConfig(sources=("shakespeare",), tokenizer="bpe", vocab_size=4096, val_fraction=0.1),
