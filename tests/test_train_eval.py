@@ -21,7 +21,7 @@ from test_train_support import assert_same_weights, char_data, weights  # noqa: 
 def _recipe(vocab: int, **train):
     sets = [f"model.{k}={v}" for k, v in dict(vocab_size=vocab, max_seq_len=16, d_model=32, n_layer=1, n_head=2).items()]
     base = dict(batch_size=8, max_steps=200, lr=3e-2, warmup_steps=0, schedule="constant", eval_every=5,
-                eval_batches=2, log_every=1, dtype="float32", weight_decay=0.0, time_budget=None)
+                eval_batches=2, log_every=1, dtype="float32", weight_decay=0.0, time_budget=None, compile=False)
     base.update(train)
     sets += [f"train.{k}={v}" for k, v in base.items()]
     return apply_overrides(get_recipe("shakespeare"), parse_overrides(sets))

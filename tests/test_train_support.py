@@ -40,7 +40,7 @@ def tiny_sets(**extra) -> list[str]:
         "model.max_seq_len": 16, "model.d_model": 16, "model.n_layer": 1, "model.n_head": 2, "model.n_kv_head": 1,
         "model.dropout": 0.1, "train.batch_size": 4, "train.max_steps": 40, "train.lr": 1e-2, "train.min_lr": 1e-3,
         "train.warmup_steps": 5, "train.eval_every": 10, "train.eval_batches": 2, "train.log_every": 1,
-        "train.time_budget": "none", "train.dtype": "float32", "train.sample_prompts": "the",
+        "train.time_budget": "none", "train.dtype": "float32", "train.compile": "false", "train.sample_prompts": "the",
         "train.sample_tokens": 8, "data.tokenizer": "char", "data.vocab_size": 64,
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})

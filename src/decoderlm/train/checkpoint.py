@@ -63,6 +63,7 @@ def save_last(run_dir: Path, weights: dict[str, torch.Tensor], train_state: dict
         for stale in root.glob(".last.tmp-*"):  # left by a process killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=".last.tmp-", dir=root))
+        os.chmod(tmp, _dir_mode())  # mkdtemp makes it private; a checkpoint is an ordinary directory
         _write_dir(tmp, weights, train_state, step)
         pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
         if pause > 0 and last.exists():
@@ -81,6 +82,12 @@ def save_last(run_dir: Path, weights: dict[str, torch.Tensor], train_state: dict
     except OSError as err:
         raise DecoderLMError(f"cannot write checkpoint in {root}: {err.strerror or err}") from None
     return last
+
+
+def _dir_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def save_best(run_dir: Path, weights: dict[str, torch.Tensor], step: int) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +79,7 @@ class Trainer:
         self.model = model
         self.flops_per_token = flops_per_token(model, self.block)
         self.loss_module = distributed.wrap(LossModule(model.to(self.device)), self.dist, cfg.parallel)
-        use_compile = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        self.forward = torch.compile(self.loss_module) if use_compile else self.loss_module
+        self.forward = _maybe_compile(self.loss_module, cfg.compile, self.device, self.dist.is_main)
         self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
         self.sampler = self._train_sampler()
         self.total_steps = self._total_steps()
@@ -136,7 +137,8 @@ class Trainer:
                 bar.update(1)
                 if c["step"] % cfg.log_every == 0 or c["step"] == self.total_steps:
                     rate, mfu = meter.report()
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", refresh=False)
+                    left = {"left": f"{max(0.0, self.budget - c['elapsed']) / 60:.1f}m"} if self.budget else {}
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
                     self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
                 if self.eval_enabled and c["step"] % cfg.eval_every == 0:
@@ -281,6 +283,18 @@ class Trainer:
                 self._publish(weights)
         self.saved_step = self.counters["step"]
         distributed.barrier(self.dist)
+
+
+def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool):
+    """torch.compile where asked (None: on CUDA only; presets turn it on where it was measured to
+    help). On CPU inductor needs a C++ compiler; without one, train eagerly instead of failing."""
+    if not (wanted if wanted is not None else device.type == "cuda"):
+        return module
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++")):
+        if main:
+            print("decoderlm: no C++ compiler found for torch.compile on CPU; training without it", flush=True)
+        return module
+    return torch.compile(module)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,11 @@
+"""Training: `train(recipe, data, run_dir)` and the `decoderlm train` command's machinery.
+
+loop.py the loop; optim.py / schedule.py optimisers and lr schedules; batches.py how a global batch
+is split over processes and micro-batches; checkpoint.py crash-safe checkpoints; metrics.py logs,
+plot and MFU; distributed.py torchrun / DDP / FSDP2; device.py device and precision; rundir.py and
+overrides.py the run directory, data and `--set` handling.
+"""
+
+from decoderlm.train.loop import Trainer, TrainResult, train
+
+__all__ = ["Trainer", "TrainResult", "train"]
