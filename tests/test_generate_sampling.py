@@ -222,3 +222,23 @@ def test_beam_search_with_one_beam_and_greedy_agree_and_beams_score_higher():
         return logp[0, 2:].gather(-1, seq[0, 3:].unsqueeze(-1)).sum().item()
 
     assert log_prob(beams) >= log_prob(greedy) - 1e-5
+
+
+def test_checking_for_the_end_every_few_steps_gives_the_same_result():
+    """Accelerators check "all finished?" every 8 steps; the surplus steps must be trimmed away."""
+    from decoderlm.generate.decoding import Sequences
+    from decoderlm.generate.options import GenerationOptions
+    from decoderlm.generate.sampling import sample_steps
+
+    model = _model()
+    prompt = torch.tensor([[5, 9, 2], [1, 2, 3]])
+    free = generate(model, prompt, 20, temperature=0)
+    eos = (free[0, 3 + 5].item(), free[1, 3 + 2].item())
+    expected = generate(model, prompt, 20, temperature=0, eos_token_id=list(eos), pad_token_id=60)
+    assert expected.shape[1] < 3 + 20
+    for every in (3, 8):
+        opts = GenerationOptions(max_new_tokens=20, temperature=0, eos_token_ids=eos, pad_token_id=60)
+        seqs = Sequences(model, prompt, None, 20)
+        for _ in sample_steps(seqs, opts, VOCAB, check_every=every):
+            pass
+        assert torch.equal(seqs.all_tokens(), expected)
