@@ -114,3 +114,12 @@ def test_bad_setting_values(tmp_path, capsys, bad, char_data):
     _one_line_error(capsys, ["train", "--data", char_data, "--out", tmp_path / "r", "--no-progress",
                              *tiny_sets(model__vocab_size=vocab), "--set", bad], bad.split("=")[0].split(".")[1])
     assert not (tmp_path / "r").exists()
+
+
+def test_data_too_short_for_the_context_leaves_nothing(tmp_path, capsys):
+    text = tmp_path / "short.txt"
+    text.write_text("a short text.\n" * 3)
+    run = tmp_path / "run"
+    _one_line_error(capsys, ["train", "--data", text, "--out", run, "--no-progress",
+                             *tiny_sets(model__max_seq_len=64)], "block_size")
+    assert not run.exists()

@@ -41,11 +41,15 @@ def _torchrun(args, timeout=180):
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_gloo_processes_match_one_process(tmp_path, char_data, single_run, parallel):
+    """Also through a checkpoint: stop at step 2, resume to 4 (the optimizer state is saved from,
+    and loaded back into, the 2-process (sharded) model)."""
     run = tmp_path / parallel
     result = _torchrun(["train", "--data", char_data, "--out", run, "--no-progress", "--no-samples",
-                        *_sets(char_data, train__parallel=parallel)])
+                        "--stop-at-step", "2", *_sets(char_data, train__parallel=parallel)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("training shakespeare on") == 1  # only rank 0 reports
+    result = _torchrun(["train", "--out", run, "--resume", "--no-progress", "--no-samples"])
+    assert result.returncode == 0, result.stderr[-3000:]
     _assert_close(single_run / "checkpoints/last/model.safetensors", run / "checkpoints/last/model.safetensors")
     state = torch.load(run / "checkpoints/last/train_state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 4

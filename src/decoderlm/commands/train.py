@@ -6,6 +6,7 @@ as one process or under `torchrun --nproc_per_node=N -m decoderlm train ...`.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from decoderlm.config import preset_names
@@ -34,7 +35,7 @@ def train_command(args) -> int:
     import torch.distributed as torch_dist
 
     from decoderlm.train import distributed
-    from decoderlm.train.loop import train
+    from decoderlm.train.loop import Trainer
     from decoderlm.train.rundir import new_run, resumed_run
 
     if args.resume and args.overwrite:
@@ -57,17 +58,24 @@ def train_command(args) -> int:
         if error:
             raise DecoderLMError(error)
 
+    created = not out.exists()
     try:
-        if args.resume:
-            recipe, data = resumed_run(out, args.preset, args.data, args.sets)
-        else:
-            recipe, data = new_run(out, args.preset, args.data, args.sets, overwrite=args.overwrite, sync=on_main)
+        try:
+            if args.resume:
+                recipe, data = resumed_run(out, args.preset, args.data, args.sets)
+            else:
+                recipe, data = new_run(out, args.preset, args.data, args.sets, overwrite=args.overwrite, sync=on_main)
+            trainer = Trainer(recipe, data, out, resume=args.resume, progress=not args.no_progress,
+                              stop_at_step=args.stop_at_step)
+        except DecoderLMError:
+            if created and dist_state.is_main and out.is_dir():  # a run that never started leaves nothing
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         main = dist_state.is_main
         if main:
             print(f"training {recipe.name} on {data.directory} ({len(data.train):,} train / {len(data.val):,} val "
                   f"tokens) into {out}" + (f" across {dist_state.world_size} processes" if dist_state.enabled else ""))
-        result = train(recipe, data, out, resume=args.resume, progress=not args.no_progress,
-                       stop_at_step=args.stop_at_step)
+        result = trainer.fit()
         if main:
             _report(result, recipe, out, samples=not args.no_samples)
     finally:

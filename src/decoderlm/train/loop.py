@@ -62,6 +62,8 @@ class Trainer:
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
+        self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
+        self.total_steps = self._total_steps()
 
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         model = DecoderLM(recipe.model)
@@ -81,8 +83,6 @@ class Trainer:
         self.loss_module = distributed.wrap(LossModule(model.to(self.device)), self.dist, cfg.parallel)
         self.forward = _maybe_compile(self.loss_module, cfg.compile, self.device, self.dist.is_main)
         self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
-        self.sampler = self._train_sampler()
-        self.total_steps = self._total_steps()
         if saved is not None:
             distributed.load_optimizer_state(self.loss_module, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])

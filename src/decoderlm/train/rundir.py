@@ -40,13 +40,13 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
     check_train_config(recipe)
-    _check_new_out(out, overwrite)
     prepared = data is not None and is_prepared(data)
     if data is not None and not prepared:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
     explicit_vocab = "vocab_size" in overrides.get("model", {})
 
-    def create() -> None:
+    def create() -> None:  # on rank 0 only: other ranks would see the directory it creates
+        _check_new_out(out, overwrite)
         staged = None
         if not prepared:  # tokenize into a temp dir beside `out`; moved in once complete
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def _check_new_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise DecoderLMError(f"{out} already holds a run; continue it with --resume or replace it with --overwrite")
-        if not (out / CONFIG_NAME).is_file() and not (out / "checkpoints").is_dir():
+        if not any((out / marker).exists() for marker in (CONFIG_NAME, "checkpoints", DATA_LINK)):
             raise DecoderLMError(f"refusing to overwrite {out}: it is not a decoderlm run directory")
     _check_writable(out)
 
