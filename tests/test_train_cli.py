@@ -22,7 +22,7 @@ def test_toy_trains_via_cli_and_generates_awesome(tmp_path, capsys):
     assert code == 0, err
     assert "stopped at step 60" in out
     for prompt in PROMPTS:  # the samples printed at the end (greedy, from the run directory)
-        assert f"{prompt}awesome <EOS>" in out
+        assert f"\n{prompt} awesome <EOS>\n" in out
     lm = decoderlm.load(run)  # what `decoderlm generate RUN_DIR` loads
     for prompt in PROMPTS:
         ids = torch.tensor([lm.tokenizer.encode(prompt)])

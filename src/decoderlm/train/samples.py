@@ -10,9 +10,9 @@ import torch
 from decoderlm.config import TrainConfig
 
 
-def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> list[tuple[str, str]]:
-    """(prompt, continuation) for each of `config.sample_prompts` (one sample from the EOS token if
-    there are none). Temperature 0 decodes greedily."""
+def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> list[tuple[str, str, str]]:
+    """(prompt, continuation, whole text decoded at once) for each of `config.sample_prompts` (one
+    sample from the EOS token if there are none). Temperature 0 decodes greedily."""
     import decoderlm
     from decoderlm.generate import generate
 
@@ -30,5 +30,6 @@ def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> 
         tokens = generate(lm.model, torch.tensor([ids]), min(config.sample_tokens, room),
                           temperature=config.sample_temperature, top_k=None, eos_token_id=tok.eos_id,
                           seed=seed if seed is not None else config.seed)
-        out.append((prompt, tok.decode(tokens[0, len(ids):].tolist())))
+        whole = tokens[0].tolist() if prompt else tokens[0, len(ids):].tolist()
+        out.append((prompt, tok.decode(tokens[0, len(ids):].tolist()), tok.decode(whole)))
     return out
