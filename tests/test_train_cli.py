@@ -52,6 +52,9 @@ def test_vocab_mismatch_between_data_and_preset(tmp_path, capsys, char_data):
     _one_line_error(capsys, ["train", "--preset", "shakespeare", "--data", char_data, "--out", run],
                     "vocabulary")
     assert not run.exists()
+    # prepared on the fly with the toy tokenizer (5 tokens) for a model asked to have 7
+    _one_line_error(capsys, ["train", "--preset", "toy", "--out", run, "--set", "model.vocab_size=7"], "vocabulary")
+    assert list(tmp_path.iterdir()) == []  # neither the run nor the staged data is left
 
 
 def test_unknown_set_key(tmp_path, capsys):

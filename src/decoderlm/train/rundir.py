@@ -35,7 +35,7 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *, overwrite: bool = False,
-            main: bool = True, sync=lambda fn: fn()) -> tuple[Recipe, TokenData]:
+            sync=lambda fn: fn()) -> tuple[Recipe, TokenData]:
     """Check everything, then (rank 0, through `sync`) prepare data and create `out`."""
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
@@ -47,30 +47,20 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
 
     def create() -> None:  # on rank 0 only: other ranks would see the directory it creates
         _check_new_out(out, overwrite)
-        staged = None
-        if not prepared:  # tokenize into a temp dir beside `out`; moved in once complete
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
-            try:
-                d = recipe.data
-                prepare(list(d.sources), d.tokenizer, staged / "data", vocab_size=d.vocab_size,
-                        val_fraction=d.val_fraction, seed=recipe.train.seed)
-            except BaseException:
-                shutil.rmtree(staged, ignore_errors=True)
-                raise
-            _check_vocab(recipe, TokenData.open(staged / "data"), explicit_vocab or prepared, staged / "data")
-        else:
+        if prepared:
             _check_vocab(recipe, TokenData.open(data), True, Path(data))
-        if out.exists():  # --overwrite, checked above to be a run directory
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        if staged is not None:
-            (staged / "data").rename(out / "data")
+            _replace_out(out, link=str(Path(data).expanduser().resolve()))
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)  # tokenize beside `out`; moved in once complete
+        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
+        try:
+            d = recipe.data
+            prepare(list(d.sources), d.tokenizer, staged / "data", vocab_size=d.vocab_size,
+                    val_fraction=d.val_fraction, seed=recipe.train.seed)
+            _check_vocab(recipe, TokenData.open(staged / "data"), explicit_vocab, staged / "data")
+            _replace_out(out, link="data", data_dir=staged / "data")
+        finally:
             shutil.rmtree(staged, ignore_errors=True)
-            link = "data"
-        else:
-            link = str(Path(data).expanduser().resolve())
-        (out / DATA_LINK).write_text(json.dumps({"path": link}) + "\n")
 
     sync(create)
     token_data = TokenData.open(_data_path(out))
@@ -122,6 +112,16 @@ def check_train_config(recipe: Recipe) -> None:
                              f"(model.max_seq_len {recipe.model.max_seq_len})")
     if cfg.lr < 0 or cfg.min_lr < 0 or cfg.eval_every < 0:
         raise DecoderLMError("train.lr, train.min_lr and train.eval_every must not be negative")
+
+
+def _replace_out(out: Path, link: str, data_dir: Path | None = None) -> None:
+    """Create the run directory (an old run is removed only now, with --overwrite) and record its data."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    if data_dir is not None:
+        data_dir.rename(out / "data")
+    (out / DATA_LINK).write_text(json.dumps({"path": link}) + "\n")
 
 
 def _data_path(out: Path) -> Path:
