@@ -6,6 +6,7 @@ them training runs in one process and every helper here is a no-op.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -68,7 +69,10 @@ def wrap(module: nn.Module, state: Distributed, parallel: str) -> nn.Module:
 
         ids = [state.device.index] if state.device.type == "cuda" else None
         # Buffers (position tables) are constants: no need to broadcast them every forward.
-        return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        no_sync = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})  # the older name, deprecated in newer torch
+        return DistributedDataParallel(module, device_ids=ids, **no_sync)
     from torch.distributed.fsdp import fully_shard
 
     for block in module.model.blocks:
