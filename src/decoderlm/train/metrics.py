@@ -37,16 +37,23 @@ class MetricsLog:
             f.write(json.dumps(clean) + "\n")
 
     def read(self) -> list[dict]:
+        """The records, skipping a line cut short by a crash mid-write."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [r for r in map(_record, self.path.read_text().splitlines()) if r is not None]
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 def _step_of(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    record = _record(line)
+    return None if record is None else record["step"]
 
 
 def plot_losses(records: list[dict], out: Path, title: str = "") -> Path | None:
