@@ -120,7 +120,7 @@ class Trainer:
         c, cfg, main = self.counters, self.cfg, self.dist.is_main
         compute_dtype = "bfloat16" if self.amp == torch.bfloat16 else "float32"
         peak = cfg.peak_flops or (measured_peak_flops(self.device.type, compute_dtype) if main else None)
-        meter = Throughput(self.flops_per_token, peak)
+        meter = Throughput(self.flops_per_token, peak * self.dist.world_size if peak else None)  # global rate
         bar = progress_bar(self.total_steps, c["step"], self.progress and main)
         start, elapsed_before = time.perf_counter(), c["elapsed"]
         stopped, val_loss = "max_steps", None
