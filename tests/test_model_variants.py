@@ -110,3 +110,27 @@ def test_attention_dropout_only_in_training():
     torch.testing.assert_close(model(idx), model(idx))  # eval: deterministic
     model.train()
     assert not torch.allclose(model(idx), model(idx))
+
+
+@pytest.mark.parametrize("kw", [VARIANTS[0], VARIANTS[17], VARIANTS[-1]], ids=variant_id)
+def test_static_cache_equals_full_sequence(kw):
+    """The static cache (fixed shapes for torch.compile) gives the same logits, with and without padding."""
+    model = tiny_model(**kw)
+    idx = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, :5] = 0
+    for attention_mask in (None, mask):
+        full = model(idx, attention_mask=attention_mask)
+        cache = model.new_cache(2, max_len=16, static=True)
+        padded = None if attention_mask is None else torch.cat([attention_mask, torch.ones(2, 4, dtype=torch.long)], 1)
+        chunks = []
+        position_ids = None if attention_mask is None else (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        for start, end in [(0, 6)] + [(t, t + 1) for t in range(6, 12)]:
+            pos = None if position_ids is None else position_ids[:, start:end]
+            chunks.append(model(idx[:, start:end], attention_mask=padded, position_ids=pos, cache=cache,
+                                start=torch.tensor(start)))
+        incremental = torch.cat(chunks, 1)
+        rows = [0, 1] if attention_mask is None else [0]
+        torch.testing.assert_close(incremental[rows], full[rows], rtol=0, atol=1e-5)
+        if attention_mask is not None:
+            torch.testing.assert_close(incremental[1, 5:], full[1, 5:], rtol=0, atol=1e-5)

@@ -11,21 +11,32 @@ import torch
 
 class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 static: bool = False):
+        """static=True: attention always sees all `max_len` slots (unwritten ones masked out), so
+        every decoding step has the same shapes and one compiled graph serves them all; the
+        position is then a tensor, not a Python int."""
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.max_len = max_len
         self.batch_size = batch_size
+        self.static = static
 
     @classmethod
     def for_model(cls, config, batch_size: int, max_len: int | None = None,
-                  dtype: torch.dtype = torch.float32, device=None) -> "KVCache":
+                  dtype: torch.dtype = torch.float32, device=None, static: bool = False) -> "KVCache":
         return cls(config.n_layer, batch_size, config.n_kv_head, max_len or config.max_seq_len,
-                   config.head_dim, dtype=dtype, device=device)
+                   config.head_dim, dtype=dtype, device=device, static=static)
 
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, T, D) keys/values at positions start..start+T; return the cached prefix."""
+    def update(self, layer: int, start, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, D) keys/values at positions start..start+T; return what attention sees:
+        the cached prefix, or (static) the whole buffer."""
+        if self.static:  # start is a tensor: write in place without leaving the graph
+            positions = start + torch.arange(k.shape[2], device=k.device)
+            self.k[layer].index_copy_(2, positions, k)
+            self.v[layer].index_copy_(2, positions, v)
+            return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")

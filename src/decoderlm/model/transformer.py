@@ -119,6 +119,8 @@ class DecoderLM(nn.Module):
     def hidden_states(self, idx, *, attention_mask=None, position_ids=None, cache=None, start=0):
         """(B, T) -> final hidden states (B, T, C) and the summed MoE balance loss (or None)."""
         B, T = idx.shape
+        if cache is not None and cache.static:
+            return self._hidden_states_static(idx, attention_mask, position_ids, cache, start)
         end = start + T
         if end > self.config.max_seq_len:
             raise DecoderLMError(f"{end} positions exceed the model's context of {self.config.max_seq_len} tokens")
@@ -128,12 +130,29 @@ class DecoderLM(nn.Module):
             else:
                 position_ids = torch.arange(start, end, device=idx.device).unsqueeze(0)
 
+        mask, is_causal = self._mask(T, start, attention_mask, idx.device)
+        return self._run_blocks(idx, position_ids, mask, is_causal, cache, start)
+
+    def _hidden_states_static(self, idx, attention_mask, position_ids, cache, start):
+        """The same, over a static cache: `start` is a LongTensor and attention covers all cache slots,
+        masked to the written ones, so shapes never change between decoding steps (for torch.compile)."""
+        T = idx.shape[1]
+        query_pos = start + torch.arange(T, device=idx.device)  # (T,)
+        if position_ids is None:
+            position_ids = query_pos.unsqueeze(0)
+        key_pos = torch.arange(cache.max_len, device=idx.device)
+        mask = (key_pos.unsqueeze(0) <= query_pos.unsqueeze(1)).view(1, 1, T, -1)  # (1, 1, T, S)
+        if attention_mask is not None:  # (B, S): padding over the whole cache length
+            own = (key_pos.unsqueeze(0) == query_pos.unsqueeze(1)).view(1, 1, T, -1)
+            mask = (mask & attention_mask.bool().view(idx.shape[0], 1, 1, -1)) | own
+        return self._run_blocks(idx, position_ids, mask, False, cache, start)
+
+    def _run_blocks(self, idx, position_ids, mask, is_causal, cache, start):
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(position_ids)
         x = self.drop(x)
         rotary = self.rotary.tables(position_ids, x.dtype) if self.rotary is not None else None
-        mask, is_causal = self._mask(T, start, attention_mask, idx.device)
 
         aux_total = None
         for layer, block in enumerate(self.blocks):
@@ -165,9 +184,10 @@ class DecoderLM(nn.Module):
         return mask, False
 
     # -- conveniences -----------------------------------------------------------------------------
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype=None, device=None) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype=None, device=None,
+                  static: bool = False) -> KVCache:
         p = self.tok_emb.weight
-        return KVCache.for_model(self.config, batch_size, max_len, dtype or p.dtype, device or p.device)
+        return KVCache.for_model(self.config, batch_size, max_len, dtype or p.dtype, device or p.device, static)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # parameters() skips the tied duplicate
