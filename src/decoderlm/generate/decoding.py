@@ -19,8 +19,10 @@ class ContextOverflowWarning(UserWarning):
 
 
 class Sequences:
-    def __init__(self, model, prompt: torch.Tensor, valid: torch.Tensor | None, max_new_tokens: int):
-        """prompt: (B, P) ids; valid: (B, P) 1 for real tokens, 0 for left padding, or None."""
+    def __init__(self, model, prompt: torch.Tensor, valid: torch.Tensor | None, max_new_tokens: int,
+                 compiled: bool = False):
+        """prompt: (B, P) ids; valid: (B, P) 1 for real tokens, 0 for left padding, or None.
+        compiled: decode through the compiled one-token step over a static cache."""
         B, P = prompt.shape
         self.model, self.prompt_len = model, P
         self.window = model.config.max_seq_len
@@ -37,7 +39,12 @@ class Sequences:
         self.length = P  # tokens in seq
         self.offset = 0  # seq[:, offset:] is what the model sees (the context after cropping)
         self.filled = 0  # how many of those are in the cache
-        self.cache = model.new_cache(B, min(self.window, P + max_new_tokens))
+        self.cache = model.new_cache(B, min(self.window, P + max_new_tokens), static=compiled)
+        self.step = None
+        if compiled:
+            from decoderlm.generate.compiled import compiled_step
+
+            self.step = compiled_step(model)
         self.next_pos = None  # (B, 1) position of the next token when there is padding
         self.warned = False
 
@@ -92,15 +99,37 @@ class Sequences:
     def _prefill(self) -> torch.Tensor:
         tokens = self.seq[:, self.offset:self.length]
         mask = None if self.valid is None else self.valid[:, self.offset:self.length]
-        hidden, _ = self.model.hidden_states(tokens, attention_mask=mask, cache=self.cache, start=0)
+        if self.cache.static:
+            positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
+            hidden, _ = self.model.hidden_states(tokens, attention_mask=self._static_mask(), position_ids=positions,
+                                                 cache=self.cache, start=torch.tensor(0, device=tokens.device))
+        else:
+            hidden, _ = self.model.hidden_states(tokens, attention_mask=mask, cache=self.cache, start=0)
         self.filled = tokens.shape[1]
         if mask is not None:
             self.next_pos = mask.long().sum(-1, keepdim=True)  # left padding: real tokens count from 0
         return self.model.lm_head(hidden[:, -1]).float()
 
+    def _static_mask(self) -> torch.Tensor | None:
+        """The padding mask over every slot of the static cache (slots past the text count as real;
+        causality hides them until they are written)."""
+        if self.valid is None:
+            return None
+        visible = self.valid[:, self.offset:self.offset + self.cache.max_len]
+        mask = torch.ones(self.batch_size, self.cache.max_len, dtype=torch.bool, device=visible.device)
+        mask[:, :visible.shape[1]] = visible
+        return mask
+
     def _decode_one(self) -> torch.Tensor:
         start = self.filled
         token = self.seq[:, self.length - 1:self.length]  # (B, 1)
+        if self.step is not None:
+            logits = self.step(token, torch.tensor(start, device=token.device), self.cache, self._static_mask(),
+                               self.next_pos)
+            self.filled += 1
+            if self.next_pos is not None:
+                self.next_pos = self.next_pos + 1
+            return logits.clone()  # the compiled graph may reuse its output buffer
         if self.valid is None:
             hidden, _ = self.model.hidden_states(token, cache=self.cache, start=start)
         else:

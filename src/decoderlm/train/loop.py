@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 
 from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, json_writer, safetensors_writer,
                                      write_file_atomic)
+from decoderlm.compile_support import can_compile
 from decoderlm.config import Recipe
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
@@ -290,9 +289,10 @@ def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool
     help). On CPU inductor needs a C++ compiler; without one, train eagerly instead of failing."""
     if not (wanted if wanted is not None else device.type == "cuda"):
         return module
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++")):
+    if not can_compile(device):
         if main:
-            print("decoderlm: no C++ compiler found for torch.compile on CPU; training without it", flush=True)
+            print(f"decoderlm: torch.compile is not available on {device.type} here (on CPU it needs a C++ compiler); "
+                  "training without it", flush=True)
         return module
     return torch.compile(module)
 
