@@ -65,6 +65,7 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
                 "decoderlm MFU": flops / median(seconds["decoderlm"]) / peak,
                 "matmul peak GFLOP/s": peak / 1e9,
             })
+    rows.append(bf16_loss_curve(steps=20 if quick else 50))
     return rows
 
 
@@ -83,3 +84,34 @@ COLUMNS = ["size", "dtype", "compile", "decoderlm tok/s", "transformers tok/s", 
 
 if __name__ == "__main__":
     print(markdown_table(run(quick=True), COLUMNS))
+
+
+def bf16_loss_curve(steps: int = 50, batch_size: int = 8, seq_len: int = 256, lr: float = 1e-3) -> dict:
+    """No accuracy loss from bf16: train the same model from the same weights on the same batches
+    (bytes of the embedded Shakespeare) in fp32 and under bf16 autocast and compare the losses."""
+    from decoderlm.data.sources import iter_documents
+
+    text = next(iter_documents("shakespeare")).text.encode("utf-8")
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    gen = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, len(data) - seq_len - 1, (steps, batch_size), generator=gen)
+    ours, _ = llama_pair(SIZES["4x256"])
+    curves = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = copy.deepcopy(ours).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+        losses = []
+        for step in range(steps):
+            window = torch.stack([data[s:s + seq_len + 1] for s in starts[step].tolist()])
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                loss, _ = model.loss(window[:, :-1], window[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        curves[dtype] = losses
+    fp32, bf16 = curves[torch.float32], curves[torch.bfloat16]
+    relative = [abs(a - b) / a for a, b in zip(fp32, bf16)]
+    return {"suite": "train", "check": f"bf16 vs fp32 loss over {steps} steps", "fp32 first/last": f"{fp32[0]:.3f} / {fp32[-1]:.3f}",
+            "bf16 first/last": f"{bf16[0]:.3f} / {bf16[-1]:.3f}", "max relative difference": max(relative),
+            "mean relative difference": sum(relative) / len(relative)}

@@ -53,7 +53,8 @@ def compiled_step(model):
         import torch._inductor.config as inductor_config
 
         # freezing: weights become constants (pre-packed); cpp_wrapper: less Python per call.
-        with inductor_config.patch(freezing=True, cpp_wrapper=device.type == "cpu", autotune_num_choices_displayed=0):
+        with inductor_config.patch(freezing=True, cpp_wrapper=device.type == "cpu",
+                                    autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False):
             return step(model, *args)
 
     return run

@@ -1,0 +1,120 @@
+"""Decoding throughput: new tokens/s at batch 1 and 8 (prompt 16, greedy), decoderlm against
+transformers' `generate` on identical weights, plus prefill tokens/s and peak memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from decoderlm.bench.common import alternate, median
+from decoderlm.bench.peers import SIZES, llama_pair
+from decoderlm.generate import generate
+
+PROMPT = 16
+
+
+def _hf_generate(hf, prompt, new_tokens, static: bool):
+    kwargs = dict(cache_implementation="static") if static else {}
+    return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=1, **kwargs)
+
+
+def contenders(ours, hf, prompt, new_tokens):
+    """name -> callable producing (B, 16 + new) ids. transformers' static cache is compiled through its
+    own CompileConfig (on CPU it has to be asked for explicitly)."""
+    from transformers.generation import CompileConfig
+
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = True  # transformers only auto-compiles on GPUs otherwise
+    hf.generation_config.compile_config = compile_config
+    return {
+        "decoderlm compiled": lambda: generate(ours, prompt, new_tokens, temperature=0, compile=True),
+        "decoderlm eager": lambda: generate(ours, prompt, new_tokens, temperature=0),
+        "transformers dynamic": lambda: _hf_generate(hf, prompt, new_tokens, static=False),
+        "transformers static compiled": lambda: _hf_generate(hf, prompt, new_tokens, static=True),
+    }
+
+
+def _same_ids_fp32(ours, hf, prompt, new_tokens) -> bool:
+    """Correctness first: in float32 decoderlm and transformers pick the very same greedy ids."""
+    a = generate(ours, prompt, new_tokens, temperature=0)
+    b = _hf_generate(hf, prompt, new_tokens, static=False)
+    return a.shape == b.shape and bool((a == b).all())
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of generated positions where two bf16 runs agree (rounding may flip a near-tie,
+    after which the continuations differ)."""
+    n = min(a.shape[1], b.shape[1])
+    return float((a[:, PROMPT:n] == b[:, PROMPT:n]).float().mean())
+
+
+def _prefill_rate(ours, hf, length: int = 256) -> dict[str, float]:
+    ids = torch.randint(2, ours.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
+
+    def ours_prefill():
+        with torch.inference_mode():
+            ours(ids, cache=ours.new_cache(1, length), start=0)
+
+    def hf_prefill():
+        with torch.inference_mode():
+            hf(input_ids=ids, use_cache=True)
+
+    seconds = alternate({"decoderlm": ours_prefill, "transformers": hf_prefill}, warmup=1, repeats=5)
+    return {k: length / median(v) for k, v in seconds.items()}
+
+
+def run(quick: bool = False, dtype=torch.bfloat16) -> list[dict]:
+    new_tokens = 64 if quick else 256
+    ours32, hf32 = llama_pair(SIZES["6x512"])
+    hf32.generation_config.eos_token_id = None
+    rows = []
+    for batch in (1, 8):
+        prompt = torch.randint(2, 8192, (batch, PROMPT), generator=torch.Generator().manual_seed(batch))
+        same = _same_ids_fp32(ours32, hf32, prompt, new_tokens)
+        ours, hf = ours32.to(dtype), hf32.to(dtype)
+        runs = contenders(ours, hf, prompt, new_tokens)
+        outputs = {name: fn() for name, fn in runs.items()}  # also compiles
+        seconds = alternate(runs, warmup=1, repeats=3)
+        rates = {name: batch * new_tokens / median(s) for name, s in seconds.items()}
+        base = rates["transformers dynamic"]
+        for name, rate in rates.items():
+            rows.append({"suite": "generate", "batch": batch, "contender": name, "dtype": str(dtype)[6:],
+                         "new tok/s": rate, "vs transformers dynamic": rate / base,
+                         "same ids as transformers (fp32)": same if name.startswith("decoderlm") else "",
+                         "agreement with transformers dynamic (bf16)":
+                             _agreement(outputs[name], outputs["transformers dynamic"])})
+        ours32, hf32 = ours.float(), hf.float()
+    prefill = _prefill_rate(ours32.to(dtype), hf32.to(dtype))
+    for name, rate in prefill.items():
+        rows.append({"suite": "generate", "batch": 1, "contender": f"{name} prefill (256 tokens)",
+                     "dtype": str(dtype)[6:], "new tok/s": rate,
+                     "vs transformers dynamic": rate / prefill["transformers"]})
+    if not quick:
+        for row in rows:
+            if row["batch"] == 1 and "prefill" not in row["contender"]:
+                row["peak RSS MB"] = peak_memory(row["contender"], new_tokens)
+    return rows
+
+
+def peak_memory(contender: str, new_tokens: int) -> float:
+    """Peak resident memory (MB) of a fresh process that builds the pair and runs one contender at
+    batch 1: separate processes, since a process's peak cannot be split between contenders."""
+    code = ("import json,sys,torch,resource; from decoderlm.bench import decode as d; "
+            "from decoderlm.bench.peers import SIZES, llama_pair; "
+            "o,h=llama_pair(SIZES['6x512']); h.generation_config.eos_token_id=None; o,h=o.bfloat16(),h.bfloat16(); "
+            "p=torch.randint(2,8192,(1,16)); d.contenders(o,h,p,int(sys.argv[2]))[sys.argv[1]](); "
+            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024))")
+    out = subprocess.run([sys.executable, "-c", code, contender, str(new_tokens)], capture_output=True, text=True)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return float("nan")
+
+
+COLUMNS = ["batch", "contender", "dtype", "new tok/s", "vs transformers dynamic", "same ids as transformers (fp32)",
+           "agreement with transformers dynamic (bf16)", "peak RSS MB"]

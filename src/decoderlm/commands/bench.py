@@ -1,0 +1,53 @@
+"""`decoderlm bench`: measure decoderlm against its peers in one run and print ratios."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from decoderlm.errors import DecoderLMError
+
+# suite name -> module in decoderlm.bench with run(quick=...) -> rows and COLUMNS
+SUITES = {
+    "train": "decoderlm.bench.train_step",
+    "generate": "decoderlm.bench.decode",
+    "data": "decoderlm.bench.data_prep",
+    "quality": "decoderlm.bench.quality",
+}
+ALL = ("train", "generate", "data")  # quality takes 2 x 10 minutes: ask for it by name
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="benchmark decoderlm against transformers (and nanoGPT's recipe)")
+    p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
+                   help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.set_defaults(func=bench)
+
+
+def bench(args) -> int:
+    import torch
+
+    from decoderlm.bench.common import markdown_table
+
+    names = ALL if args.suite == "all" else (args.suite,)
+    if args.json and Path(args.json).is_dir():
+        raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
+    results = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name in names:
+        module = importlib.import_module(SUITES[name])
+        print(f"\n## {name}\n", flush=True)
+        rows = module.run(quick=args.quick)
+        measured = [r for r in rows if "check" not in r]
+        checks = [r for r in rows if "check" in r]
+        print(markdown_table(measured, module.COLUMNS), flush=True)
+        if checks:  # correctness checks that ride along with a suite, in a table of their own
+            print("\n" + markdown_table(checks, list(checks[0])[1:]), flush=True)
+        results[name] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"\nwrote {args.json}")
+    return 0
