@@ -3,10 +3,7 @@ transformers' `generate` on identical weights, plus prefill tokens/s and peak me
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
+import copy
 
 import torch
 
@@ -72,49 +69,60 @@ def run(quick: bool = False, dtype=torch.bfloat16) -> list[dict]:
     new_tokens = 64 if quick else 256
     ours32, hf32 = llama_pair(SIZES["6x512"])
     hf32.generation_config.eos_token_id = None
+    prompts = {b: torch.randint(2, 8192, (b, PROMPT), generator=torch.Generator().manual_seed(b)) for b in (1, 8)}
+    # Correctness first, on the pristine fp32 weights (a bf16 round trip would move near-ties).
+    same = {b: _same_ids_fp32(ours32, hf32, prompts[b], new_tokens) for b in prompts}
+    ours, hf = copy.deepcopy(ours32).to(dtype), copy.deepcopy(hf32).to(dtype)
+    prefill = _prefill_rate(ours, hf)
+    del ours32, hf32
     rows = []
-    for batch in (1, 8):
-        prompt = torch.randint(2, 8192, (batch, PROMPT), generator=torch.Generator().manual_seed(batch))
-        same = _same_ids_fp32(ours32, hf32, prompt, new_tokens)
-        ours, hf = ours32.to(dtype), hf32.to(dtype)
+    for batch, prompt in prompts.items():
         runs = contenders(ours, hf, prompt, new_tokens)
         outputs = {name: fn() for name, fn in runs.items()}  # also compiles
         seconds = alternate(runs, warmup=1, repeats=3)
+        memory = {name: extra_peak_memory_mb(fn) for name, fn in runs.items()}
         rates = {name: batch * new_tokens / median(s) for name, s in seconds.items()}
         base = rates["transformers dynamic"]
         for name, rate in rates.items():
             rows.append({"suite": "generate", "batch": batch, "contender": name, "dtype": str(dtype)[6:],
                          "new tok/s": rate, "vs transformers dynamic": rate / base,
-                         "same ids as transformers (fp32)": same if name.startswith("decoderlm") else "",
+                         "same ids as transformers (fp32)": same[batch] if name.startswith("decoderlm") else "",
                          "agreement with transformers dynamic (bf16)":
-                             _agreement(outputs[name], outputs["transformers dynamic"])})
-        ours32, hf32 = ours.float(), hf.float()
-    prefill = _prefill_rate(ours32.to(dtype), hf32.to(dtype))
+                             _agreement(outputs[name], outputs["transformers dynamic"]),
+                         "extra peak MB": memory[name]})
     for name, rate in prefill.items():
         rows.append({"suite": "generate", "batch": 1, "contender": f"{name} prefill (256 tokens)",
                      "dtype": str(dtype)[6:], "new tok/s": rate,
                      "vs transformers dynamic": rate / prefill["transformers"]})
-    if not quick:
-        for row in rows:
-            if row["batch"] == 1 and "prefill" not in row["contender"]:
-                row["peak RSS MB"] = peak_memory(row["contender"], new_tokens)
     return rows
 
 
-def peak_memory(contender: str, new_tokens: int) -> float:
-    """Peak resident memory (MB) of a fresh process that builds the pair and runs one contender at
-    batch 1: separate processes, since a process's peak cannot be split between contenders."""
-    code = ("import json,sys,torch,resource; from decoderlm.bench import decode as d; "
-            "from decoderlm.bench.peers import SIZES, llama_pair; "
-            "o,h=llama_pair(SIZES['6x512']); h.generation_config.eos_token_id=None; o,h=o.bfloat16(),h.bfloat16(); "
-            "p=torch.randint(2,8192,(1,16)); d.contenders(o,h,p,int(sys.argv[2]))[sys.argv[1]](); "
-            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024))")
-    out = subprocess.run([sys.executable, "-c", code, contender, str(new_tokens)], capture_output=True, text=True)
+def extra_peak_memory_mb(fn) -> float:
+    """How far resident memory rises above where it was while `fn` runs (Linux: the peak is reset
+    through /proc/self/clear_refs and read back as VmHWM; freed heap is trimmed first so one
+    contender's leftovers do not hide the next one's needs). NaN where /proc does not allow it."""
+    import ctypes
+    import gc
+
+    gc.collect()
     try:
-        return float(out.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status_kb("VmRSS")
+        fn()
+        return (_proc_status_kb("VmHWM") - before) / 1024
+    except OSError:
         return float("nan")
 
 
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 COLUMNS = ["batch", "contender", "dtype", "new tok/s", "vs transformers dynamic", "same ids as transformers (fp32)",
-           "agreement with transformers dynamic (bf16)", "peak RSS MB"]
+           "agreement with transformers dynamic (bf16)", "extra peak MB"]

@@ -55,7 +55,7 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
                 "decoderlm": _make_step(lambda: a.loss(x, y)[0], a.parameters(), dtype, compiled),
                 "transformers": _make_step(lambda: _hf_loss(b, x, y), b.parameters(), dtype, compiled),
             }
-            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 5)
+            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 8)
             tok_s = {k: batch_size * seq_len / median(v) for k, v in seconds.items()}
             rows.append({
                 "suite": "train", "size": size_name, "dtype": str(dtype).replace("torch.", ""),
