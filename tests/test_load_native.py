@@ -111,6 +111,15 @@ def test_unknown_save_format(run_dir, tmp_path):
 
 
 # -- bad input: one line from load, exit code 2 and one line from the CLI ------------------------------
+# Bad config.json edits of the model section: how -> the fields to overwrite.
+MODEL_EDITS = {
+    "unknown model key": {"d_modle": 32},
+    "wrong type": {"n_head": "four"},
+    "shape mismatch": {"d_model": 48},
+    "layer count mismatch": {"n_layer": 3},
+}
+
+
 def _corrupt(run_dir: Path, how: str) -> Path:
     weights, config = run_dir / "model.safetensors", run_dir / "config.json"
     data = weights.read_bytes()
@@ -132,21 +141,9 @@ def _corrupt(run_dir: Path, how: str) -> Path:
         config.write_text("[1, 2]")
     elif how == "no model section":
         config.write_text(json.dumps({"name": "x", "train": {}}))
-    elif how == "unknown model key":
+    elif how in MODEL_EDITS:
         recipe = json.loads(config.read_text())
-        recipe["model"]["d_modle"] = 32
-        config.write_text(json.dumps(recipe))
-    elif how == "wrong type":
-        recipe = json.loads(config.read_text())
-        recipe["model"]["n_head"] = "four"
-        config.write_text(json.dumps(recipe))
-    elif how == "shape mismatch":
-        recipe = json.loads(config.read_text())
-        recipe["model"]["d_model"] = 48
-        config.write_text(json.dumps(recipe))
-    elif how == "layer count mismatch":
-        recipe = json.loads(config.read_text())
-        recipe["model"]["n_layer"] = 3
+        recipe["model"].update(MODEL_EDITS[how])
         config.write_text(json.dumps(recipe))
     elif how == "hf config missing key":
         config.write_text(json.dumps({"model_type": "llama", "vocab_size": 64, "num_hidden_layers": 2}))
