@@ -8,6 +8,7 @@ from torch import nn
 
 from decoderlm.config import ModelConfig
 from decoderlm.model.positions import apply_rotary
+from decoderlm.model.training_attention import causal_attention, use_fast_backward
 
 
 class Attention(nn.Module):
@@ -38,16 +39,21 @@ class Attention(nn.Module):
         k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if rotary is not None:
-            cos, sin = rotary
+            # In the projection's dtype (bf16 under autocast): float32 tables would make q and k float32.
+            cos, sin = rotary[0].to(q.dtype), rotary[1].to(q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, Hkv, S, D), S = start + T
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            attn_mask=mask,
-            is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-            enable_gqa=self.n_kv_head != self.n_head,
-        )  # (B, H, T, D)
+        dropout = self.dropout if self.training else 0.0
+        if is_causal and mask is None and use_fast_backward(q, k, dropout):
+            y = causal_attention(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=mask,
+                is_causal=is_causal and mask is None,
+                dropout_p=dropout,
+                enable_gqa=self.n_kv_head != self.n_head,
+            )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.q_dim)
         return self.proj(y)
