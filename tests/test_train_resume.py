@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from decoderlm.data.shards import TokenData
@@ -26,8 +27,9 @@ def _losses(run_dir, key="loss"):
             if r.get(key) is not None}
 
 
-def test_resume_is_bit_exact(tmp_path, char_data):
-    common = ["train", "--data", char_data, "--no-progress", "--no-samples", *_sets(char_data)]
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bf16 on CPU: a bf16 model with fp32 master weights
+def test_resume_is_bit_exact(tmp_path, char_data, dtype):
+    common = ["train", "--data", char_data, "--no-progress", "--no-samples", *_sets(char_data, train__dtype=dtype)]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run_cli([*common, "--out", straight])[0] == 0
     assert run_cli([*common, "--out", split, "--stop-at-step", "20"])[0] == 0

@@ -158,6 +158,7 @@ class TrainConfig(_DictMixin):
     grad_clip: float | None = 1.0
     max_bad_steps: int = 10  # non-finite gradients in a row before training stops
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
+    master_weights: bool | None = None  # bf16: bf16 model + fp32 master copies (None: on CPU in one process)
     compile: bool | None = None  # None: on where it measurably helps
     sampler: str = "random"  # random (nanoGPT windows) | sequential (every offset, by epochs)
     stride: int | None = None  # sequential sampler: window stride, default the context length

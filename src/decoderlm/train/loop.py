@@ -31,6 +31,7 @@ from decoderlm.train.device import autocast, autocast_dtype
 from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
                                      plot_losses, progress_bar)
 from decoderlm.train.optim import build_optimizer, set_lr
+from decoderlm.train.precision import MasterWeights, use_master_weights
 from decoderlm.train.schedule import horizon, lr_factor, parse_duration
 
 
@@ -61,6 +62,9 @@ class Trainer:
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
+        if cfg.master_weights and self.dist.enabled:
+            raise DecoderLMError("train.master_weights is for single-process training; under torchrun "
+                                 "leave it unset (bf16 autocast is used)")
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 
@@ -77,9 +81,13 @@ class Trainer:
             from decoderlm.lm import LanguageModel
 
             LanguageModel.from_model(model, data.tokenizer, recipe).save(self.run_dir)
-        self.model = model
+        self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
         self.flops_per_token = flops_per_token(model, self.block)
-        self.loss_module = distributed.wrap(LossModule(model.to(self.device)), self.dist, cfg.parallel)
+        self.master = (MasterWeights(model, self.amp)
+                       if use_master_weights(cfg.master_weights, self.amp, self.device, self.dist.enabled) else None)
+        compute_model = self.master.compute if self.master else model
+        self.autocast_dtype = None if self.master else self.amp  # a bf16 model needs no autocast
+        self.loss_module = distributed.wrap(LossModule(compute_model), self.dist, cfg.parallel)
         self.forward = _maybe_compile(self.loss_module, cfg.compile, self.device, self.dist.is_main)
         self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
         if saved is not None:
@@ -174,14 +182,18 @@ class Trainer:
         pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum)
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(pieces):
-            with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.amp):
+            with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.autocast_dtype):
                 total, ce = self.forward(mb.x.to(self.device), mb.y.to(self.device))
             (total * mb.weight).backward()
+            if self.master:
+                self.master.collect_grads()
             loss_sum += ce.detach().float() * mb.weight / self.dist.world_size
         loss = distributed.all_reduce_sum(loss_sum, self.dist).item()
         grad_norm = self._clip()
         if math.isfinite(grad_norm) and math.isfinite(loss):
             self.optimizer.step()
+            if self.master:
+                self.master.update_compute()
             c["bad_steps"] = 0
         else:
             c["bad_steps"] += 1
@@ -224,7 +236,7 @@ class Trainer:
             for _ in range(cfg.eval_batches):
                 x, y = sampler.next_batch()
                 for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
-                    with autocast(self.device, self.amp):
+                    with autocast(self.device, self.autocast_dtype):
                         _, ce = self.loss_module(mb.x.to(self.device), mb.y.to(self.device))
                     sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
         finally:
@@ -262,7 +274,10 @@ class Trainer:
             self.metrics.write(record)
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        state = distributed.full_model_state(self.loss_module, self.sharded)
+        if self.master:  # the fp32 masters, not their bf16 copy
+            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        else:
+            state = distributed.full_model_state(self.loss_module, self.sharded)
         return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
     def _publish(self, weights: dict[str, torch.Tensor]) -> None:

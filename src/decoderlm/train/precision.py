@@ -1,0 +1,55 @@
+"""bf16 weights for compute, fp32 master weights for the optimizer.
+
+Under autocast the weights stay fp32 and every forward casts each one to bf16 (and every backward
+casts its gradient back), while the residual stream, norms and RoPE run in fp32. With master
+weights the model itself is bf16, so no casts are made and the element-wise work moves half the
+bytes; the optimizer keeps updating fp32 copies, so small updates are not rounded away. Measured
+on this project's reference CPU (6x512 Llama, batch 8 x 256, compiled): 1.10x the autocast step;
+the loss over 50 steps stays within 0.12% of fp32, as autocast's does (docs/benchmarks.md).
+
+The fp32 model is the real one: the optimizer, gradient clipping and checkpoints see only it.
+The bf16 copy is derived from it after every update, so saving and resuming stay exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class MasterWeights:
+    def __init__(self, master: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        self.master = master
+        self.compute = copy.deepcopy(master).to(dtype)
+        self._master_params = list(master.parameters())  # the same order in both (ties included)
+        self._compute_params = list(self.compute.parameters())
+
+    def collect_grads(self) -> None:
+        """After a backward pass: add the bf16 gradients into the fp32 masters' (accumulating over
+        micro-batches in fp32) and clear them."""
+        for master, compute in zip(self._master_params, self._compute_params):
+            if compute.grad is None:
+                continue
+            if master.grad is None:
+                master.grad = compute.grad.float()
+            else:
+                master.grad.add_(compute.grad)
+            compute.grad = None
+
+    @torch.no_grad()
+    def update_compute(self) -> None:
+        """After an optimizer step: round the new fp32 weights into the bf16 model."""
+        torch._foreach_copy_(self._compute_params, self._master_params)
+
+
+def use_master_weights(wanted: bool | None, amp_dtype: torch.dtype | None, device: torch.device,
+                       distributed: bool) -> bool:
+    """Master weights where they were measured to help: bf16 training on CPU in one process.
+    (On GPUs autocast's casts are cheap; under torchrun gradients would be reduced in bf16.)"""
+    if amp_dtype is None:
+        return False
+    if wanted is None:
+        return device.type == "cpu" and not distributed
+    return wanted
