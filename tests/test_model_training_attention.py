@@ -35,7 +35,8 @@ def test_backward_formula_matches_autograd_in_float32(heads, kv_heads):
 
 
 @pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="needs a C++ compiler for inductor")
-def test_bf16_training_path_matches_sdpa():
+def test_bf16_training_path_matches_sdpa(monkeypatch):
+    monkeypatch.setattr("decoderlm.model.compiled_kernels.MIN_ELEMENTS", 0)  # tiny shapes, compiled anyway
     q, k, v, grad_out = _inputs(torch.bfloat16)
     assert use_fast_backward(q, k, dropout=0.0)
     out_ref, *ref = _sdpa_grads(q, k, v, grad_out)
@@ -47,17 +48,21 @@ def test_bf16_training_path_matches_sdpa():
         assert (a.float() - b.float()).abs().max() / scale < 0.02, f"grad of {name}"
 
 
-def test_fast_path_only_where_it_applies():
+def test_fast_path_only_where_it_applies(monkeypatch):
+    monkeypatch.setattr("decoderlm.model.compiled_kernels.MIN_ELEMENTS", 0)  # tiny shapes, compiled anyway
     q, k, _, _ = _inputs(torch.bfloat16)
     with torch.no_grad():
         assert not use_fast_backward(q, k, 0.0)  # inference: SDPA
     assert not use_fast_backward(q, k, dropout=0.1)
     assert not use_fast_backward(q.float(), k.float(), 0.0)  # fp32: SDPA
     assert not use_fast_backward(q, k[:, :, :4], 0.0)  # keys from a cache
+    monkeypatch.setattr("decoderlm.model.compiled_kernels.MIN_ELEMENTS", q.numel() + 1)
+    assert not use_fast_backward(q, k, 0.0)  # too small for compiling to pay off
 
 
 @pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="needs a C++ compiler for inductor")
 def test_model_gradients_under_autocast_match_sdpa(monkeypatch):
+    monkeypatch.setattr("decoderlm.model.compiled_kernels.MIN_ELEMENTS", 0)  # tiny shapes, compiled anyway
     cfg = ModelConfig(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=16,
                       position="rope", norm="rmsnorm", ffn="swiglu")
     torch.manual_seed(0)

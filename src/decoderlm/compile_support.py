@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 
@@ -10,5 +11,10 @@ import torch
 
 def can_compile(device: torch.device) -> bool:
     if device.type == "cpu":
-        return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++"))
+        return _cpu_compiler_found()
     return device.type == "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_compiler_found() -> bool:
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++"))

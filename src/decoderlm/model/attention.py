@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
-from decoderlm.model.positions import apply_rotary
+from decoderlm.model.positions import rotate_queries_and_keys
 from decoderlm.model.training_attention import causal_attention, use_fast_backward
 
 
@@ -41,7 +41,7 @@ class Attention(nn.Module):
         if rotary is not None:
             # In the projection's dtype (bf16 under autocast): float32 tables would make q and k float32.
             cos, sin = rotary[0].to(q.dtype), rotary[1].to(q.dtype)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            q, k = rotate_queries_and_keys(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)  # (B, Hkv, S, D), S = start + T
         dropout = self.dropout if self.training else 0.0

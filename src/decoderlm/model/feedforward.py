@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
+from decoderlm.model.compiled_kernels import CompiledKernel, training_on_cpu
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -39,8 +40,18 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(self.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate_up = self.gate_up(x)
+        hidden = _swiglu_kernel(gate_up) if training_on_cpu(gate_up) else swiglu(gate_up)
+        return self.down(hidden)
+
+
+def swiglu(gate_up):
+    """silu(gate) * up, from gate and up side by side in the last dimension."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+_swiglu_kernel = CompiledKernel(swiglu)
 
 
 class MixtureOfExperts(nn.Module):
@@ -70,8 +81,7 @@ class MixtureOfExperts(nn.Module):
         return top_ids, weights, logits
 
     def expert(self, e: int, x):
-        gate, up = F.linear(x, self.gate_up[e]).chunk(2, dim=-1)
-        return F.linear(F.silu(gate) * up, self.down[e])
+        return F.linear(swiglu(F.linear(x, self.gate_up[e])), self.down[e])
 
     def forward(self, x):
         """x: (B, T, C) -> (output (B, T, C), load-balancing loss (scalar))."""

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from decoderlm.model.compiled_kernels import CompiledKernel, training_on_cpu
+
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
     """The fixed table of "Attention Is All You Need": even channels sin, odd channels cos. (T, C)"""
@@ -62,3 +64,17 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (B, H, T, D) queries or keys by their positions' angles."""
     return x * cos + rotate_half(x) * sin
+
+
+def _rotate_queries_and_keys(q, k, cos, sin):
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+_rotary_kernel = CompiledKernel(_rotate_queries_and_keys)
+
+
+def rotate_queries_and_keys(q, k, cos, sin):
+    """apply_rotary to both; one fused compiled kernel while training on CPU."""
+    if training_on_cpu(q):
+        return _rotary_kernel(q, k, cos, sin)
+    return _rotate_queries_and_keys(q, k, cos, sin)

@@ -19,6 +19,8 @@ import math
 import torch
 
 from decoderlm.compile_support import can_compile
+from decoderlm.model import compiled_kernels
+from decoderlm.model.compiled_kernels import CompiledKernel
 
 # Above this many score elements per layer (batch * heads * T * T) the materialised scores would
 # cost more memory than they save time; SDPA's tiled kernel takes over.
@@ -26,9 +28,11 @@ MAX_SCORE_ELEMENTS = 1 << 26  # 128 MiB in bf16
 
 
 def use_fast_backward(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
-    """Causal self-attention (no cache, no padding mask) being trained, in bf16, on CPU."""
+    """Causal self-attention (no cache, no padding mask) being trained, in bf16, on CPU, at a size
+    where compiling the backward pays off."""
     B, H, T, _ = q.shape
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+            and q.numel() >= compiled_kernels.MIN_ELEMENTS
             and q.requires_grad and dropout == 0.0 and k.shape[2] == T and T > 1
             and B * H * T * T <= MAX_SCORE_ELEMENTS and _flash_op() is not None and _compiler_ready())
 
@@ -42,40 +46,24 @@ def _flash_op():
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-_compiled_backward = None
-
-
 def _compiler_ready() -> bool:
+    """Uncompiled, the backward's float32 temporaries make it slower than SDPA's."""
     return torch.compiler.is_compiling() or can_compile(torch.device("cpu"))
-
-
-def _backward_fn():
-    """Inside a compiled model the backward is traced with it; in eager mode it runs compiled on
-    its own (uncompiled, its float32 temporaries make it slower than SDPA's)."""
-    global _compiled_backward
-    if torch.compiler.is_compiling():
-        return attention_backward
-    if _compiled_backward is None:
-        _compiled_backward = torch.compile(attention_backward, dynamic=False)
-    return _compiled_backward
 
 
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
-        group = q.shape[1] // k.shape[1]
         scale = 1.0 / math.sqrt(q.shape[-1])
-        # The flash kernel wants as many key/value heads as query heads.
-        k_full = k.repeat_interleave(group, dim=1) if group > 1 else k
-        v_full = v.repeat_interleave(group, dim=1) if group > 1 else v
-        out, logsumexp = _flash_op()(q, k_full, v_full, 0.0, True, scale=scale)[:2]
+        # The CPU flash kernel takes fewer key/value heads than query heads (GQA, MQA) as they are.
+        out, logsumexp = _flash_op()(q, k, v, 0.0, True, scale=scale)[:2]
         ctx.save_for_backward(q, k, v, out, logsumexp)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _backward_fn()(*ctx.saved_tensors, grad_out.contiguous(), ctx.scale)
+        return _attention_backward_kernel(*ctx.saved_tensors, grad_out.contiguous(), ctx.scale)
 
 
 def attention_backward(q, k, v, out, logsumexp, grad_out, scale: float):
@@ -104,3 +92,6 @@ def attention_backward(q, k, v, out, logsumexp, grad_out, scale: float):
     grad_q = torch.matmul(grad_scores, k).view(B, H, T, D)
     grad_k = torch.matmul(grad_scores.transpose(-1, -2), q_rows)
     return grad_q, grad_k, grad_v
+
+
+_attention_backward_kernel = CompiledKernel(attention_backward)

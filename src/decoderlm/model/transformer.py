@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
@@ -17,15 +16,9 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.model.attention import Attention
 from decoderlm.model.cache import KVCache
 from decoderlm.model.feedforward import MixtureOfExperts, build_ffn
+from decoderlm.model.linear_cross_entropy import linear_cross_entropy
+from decoderlm.model.norms import build_norm
 from decoderlm.model.positions import LearnedPositions, Rotary, SinusoidalPositions
-
-
-def build_norm(config: ModelConfig) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
-    if config.norm == "layernorm":
-        return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
-    return nn.Identity()
 
 
 class Block(nn.Module):
@@ -110,9 +103,8 @@ class DecoderLM(nn.Module):
         """Next-token cross-entropy (mean over non-ignored targets) plus the weighted MoE balance
         loss. Returns (total loss, cross-entropy)."""
         hidden, aux = self.hidden_states(idx, attention_mask=attention_mask)
-        logits = self.lm_head(hidden)
-        ce = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1),
-                             ignore_index=ignore_index)
+        ce = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight, self.lm_head.bias,
+                                  targets.reshape(-1), ignore_index)
         total = ce if aux is None else ce + self.config.moe_aux_loss_coef * aux
         return total, ce
 

@@ -1,0 +1,99 @@
+"""The training-time kernels (chunked head + cross-entropy, compiled RMSNorm / SwiGLU / RoPE) give
+the results of the plain ops they replace."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from decoderlm.compile_support import can_compile
+from decoderlm.config import ModelConfig
+from decoderlm.model import DecoderLM
+from decoderlm.model import linear_cross_entropy as lce
+
+needs_compiler = pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="needs a C++ compiler for inductor")
+
+
+def _head_inputs(dtype=torch.float32, N=37, C=16, V=50, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, C, generator=gen).to(dtype).requires_grad_()
+    weight = (torch.randn(V, C, generator=gen) * 0.3).to(dtype).requires_grad_()
+    b = (torch.randn(V, generator=gen) * 0.1).to(dtype).requires_grad_() if bias else None
+    targets = torch.randint(0, V, (N,), generator=gen)
+    targets[[3, 11]] = -100  # ignored rows
+    return hidden, weight, b, targets
+
+
+@pytest.mark.parametrize("chunk_bytes", [4 * 50 * 8, 1 << 20])  # 8 rows per chunk (5 chunks), one chunk
+@pytest.mark.parametrize("bias", [True, False])
+def test_chunked_loss_and_gradients_equal_plain_cross_entropy(monkeypatch, chunk_bytes, bias):
+    monkeypatch.setattr(lce, "CHUNK_BYTES", chunk_bytes)
+    hidden, weight, b, targets = _head_inputs(bias=bias)
+    inputs = [t for t in (hidden, weight, b) if t is not None]
+    plain = F.cross_entropy(F.linear(hidden, weight, b), targets, ignore_index=-100)
+    expected = torch.autograd.grad(plain * 2.5, inputs)  # a non-unit upstream gradient
+    fused = lce.linear_cross_entropy(hidden, weight, b, targets)
+    got = torch.autograd.grad(fused * 2.5, inputs)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_needs_no_gradients_and_ignored_rows_count_for_nothing():
+    hidden, weight, b, targets = _head_inputs()
+    with torch.no_grad():
+        loss = lce.linear_cross_entropy(hidden, weight, b, targets)
+        plain = F.cross_entropy(F.linear(hidden, weight, b), targets)
+        assert torch.allclose(loss, plain, atol=1e-6)
+        assert lce.linear_cross_entropy(hidden, weight, b, torch.full_like(targets, -100)).item() == 0.0
+
+
+def test_under_autocast_gradients_keep_the_weights_dtype():
+    hidden, weight, b, targets = _head_inputs(bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy(F.linear(hidden, weight).float(), targets)
+        fused = lce.linear_cross_entropy(hidden, weight, None, targets)
+    expected = torch.autograd.grad(plain, (hidden, weight))
+    got = torch.autograd.grad(fused, (hidden, weight))
+    assert abs(fused.item() - plain.item()) < 1e-2
+    for a, e in zip(got, expected):
+        assert a.dtype == torch.float32
+        assert (a - e).abs().max() / e.abs().max() < 0.02
+
+
+def _llama(**changes):
+    torch.manual_seed(0)
+    return DecoderLM(ModelConfig(vocab_size=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, max_seq_len=16,
+                                 position="rope", norm="rmsnorm", ffn="swiglu", **changes))
+
+
+def _loss_and_grads(model, idx):
+    model.zero_grad()
+    loss, _ = model.loss(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@needs_compiler
+def test_compiled_kernels_match_the_plain_model(monkeypatch):
+    """fp32, so the comparison is tight: RMSNorm, SwiGLU and RoPE kernels on, then all off."""
+    monkeypatch.setattr("decoderlm.model.compiled_kernels.MIN_ELEMENTS", 0)  # tiny shapes, compiled anyway
+    model = _llama()
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    loss_k, grads_k = _loss_and_grads(model, idx)
+    for module in ("norms", "feedforward", "positions"):
+        monkeypatch.setattr(f"decoderlm.model.{module}.training_on_cpu", lambda x: False)
+    loss_p, grads_p = _loss_and_grads(model, idx)
+    torch.testing.assert_close(loss_k, loss_p, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads_k, grads_p):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kernels_stay_out_of_inference():
+    """No gradients: the plain ops (decoding shapes change every step, so nothing is compiled)."""
+    from decoderlm.model.compiled_kernels import training_on_cpu
+
+    x = torch.randn(2, 3, requires_grad=True)
+    assert training_on_cpu(x)
+    with torch.no_grad():
+        assert not training_on_cpu(x)
+    assert not training_on_cpu(torch.randn(2, 3))
