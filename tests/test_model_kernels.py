@@ -38,7 +38,11 @@ def test_chunked_loss_and_gradients_equal_plain_cross_entropy(monkeypatch, chunk
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
 
 
-def test_evaluation_needs_no_gradients_and_ignored_rows_count_for_nothing():
+def test_evaluation_needs_no_gradients_and_ignored_rows_count_for_nothing(monkeypatch):
+    def no_gradients_in_evaluation(*args):
+        raise AssertionError("the gradient kernel ran under no_grad")
+
+    monkeypatch.setattr(lce, "_chunk_kernel", no_gradients_in_evaluation)
     hidden, weight, b, targets = _head_inputs()
     with torch.no_grad():
         loss = lce.linear_cross_entropy(hidden, weight, b, targets)
@@ -47,13 +51,22 @@ def test_evaluation_needs_no_gradients_and_ignored_rows_count_for_nothing():
         assert lce.linear_cross_entropy(hidden, weight, b, torch.full_like(targets, -100)).item() == 0.0
 
 
-def test_under_autocast_gradients_keep_the_weights_dtype():
+def test_under_autocast_the_head_runs_in_bf16_and_gradients_keep_the_weights_dtype(monkeypatch):
+    seen = []
+    kernel = lce._chunk_kernel
+
+    def recording_kernel(logits, *args):
+        seen.append(logits.dtype)
+        return kernel(logits, *args)
+
+    monkeypatch.setattr(lce, "_chunk_kernel", recording_kernel)
     hidden, weight, b, targets = _head_inputs(bias=False)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain = F.cross_entropy(F.linear(hidden, weight).float(), targets)
         fused = lce.linear_cross_entropy(hidden, weight, None, targets)
     expected = torch.autograd.grad(plain, (hidden, weight))
     got = torch.autograd.grad(fused, (hidden, weight))
+    assert seen and set(seen) == {torch.bfloat16}
     assert abs(fused.item() - plain.item()) < 1e-2
     for a, e in zip(got, expected):
         assert a.dtype == torch.float32

@@ -30,13 +30,47 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     """mean over non-ignored rows of cross_entropy(hidden @ weight.T + bias, targets), in float32.
 
     hidden (N, C), weight (V, C), bias (V,) or None, targets (N,). Rows whose target is
-    `ignore_index` add nothing; if every row is ignored the loss is 0.
+    `ignore_index` add nothing; if every row is ignored the loss is 0. Under autocast the head runs
+    in the autocast dtype, as nn.Linear would.
     """
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index)
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):  # evaluation: the loss alone
+        rows = _Rows(hidden, weight, bias, targets, ignore_index, dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for chunk in rows.chunks():
+            logits = F.linear(rows.hidden[chunk], rows.weight, rows.bias).float()
+            row_loss = torch.logsumexp(logits, dim=-1, keepdim=True) - logits.gather(1, rows.targets[chunk])
+            total += (row_loss * rows.scale[chunk]).sum()
+        return total
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    """The autocast dtype if autocast is on (as nn.Linear would compute), else the input's."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
 def chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_BYTES // (4 * vocab_size))
+
+
+class _Rows:
+    """The inputs in the compute dtype, the targets made safe to gather, and each row's weight in
+    the mean (0 for ignored rows)."""
+
+    def __init__(self, hidden, weight, bias, targets, ignore_index, dtype):
+        self.dtype = dtype
+        self.hidden, self.weight = hidden.to(self.dtype), weight.to(self.dtype)
+        self.bias = bias.to(self.dtype) if bias is not None else None
+        valid = targets != ignore_index
+        self.targets = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1)
+        self.scale = (valid.float() / valid.sum().clamp(min=1)).unsqueeze(1)  # d(mean loss) / d(row loss)
+
+    def chunks(self):
+        step = chunk_rows(self.weight.shape[0])
+        return [slice(start, start + step) for start in range(0, self.hidden.shape[0], step)]
 
 
 def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor):
@@ -55,40 +89,28 @@ _chunk_kernel = CompiledKernel(chunk_loss_and_grad)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and, chunk by chunk, the gradients; backward rescales them."""
+
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ignore_index):
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         want_hidden, want_weight, want_bias = ctx.needs_input_grad[:3]
-        want_any = want_hidden or want_weight or want_bias
-        with torch.autocast(device, enabled=False):
-            h_all, w = hidden.to(dtype), weight.to(dtype)
-            b = bias.to(dtype) if bias is not None else None
-            valid = targets != ignore_index
-            count = valid.sum().clamp(min=1)
-            safe_targets = torch.where(valid, targets, 0).unsqueeze(1)
-            scale = (valid.float() / count).unsqueeze(1)  # d(mean loss)/d(row loss)
-
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            rows = _Rows(hidden, weight, bias, targets, ignore_index, dtype)
+            w = rows.weight
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(h_all) if want_hidden else None
+            grad_hidden = torch.empty_like(rows.hidden) if want_hidden else None
             grad_weight = torch.zeros_like(w) if want_weight else None
             grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device) if want_bias else None
-            step = chunk_rows(w.shape[0])
-            for start in range(0, h_all.shape[0], step):
-                rows = slice(start, start + step)
-                h = h_all[rows]
-                logits = F.linear(h, w, b)  # (n, V) in the compute dtype
-                if not want_any:  # evaluation: the loss only
-                    logits = logits.float()
-                    row_loss = torch.logsumexp(logits, dim=-1, keepdim=True) - logits.gather(1, safe_targets[rows])
-                    total += (row_loss * scale[rows]).sum()
-                    continue
-                loss, grad_logits = _chunk_kernel(logits, safe_targets[rows], scale[rows])
+            for chunk in rows.chunks():
+                h = rows.hidden[chunk]
+                logits = F.linear(h, w, rows.bias)  # (n, V) in the compute dtype
+                loss, grad_logits = _chunk_kernel(logits, rows.targets[chunk], rows.scale[chunk])
                 total += loss
                 if want_bias:
                     grad_bias += grad_logits.float().sum(0)
                 if want_hidden:
-                    torch.mm(grad_logits, w, out=grad_hidden[rows])
+                    torch.mm(grad_logits, w, out=grad_hidden[chunk])
                 if want_weight:
                     grad_weight.addmm_(grad_logits.t(), h)
         ctx.save_for_backward(
