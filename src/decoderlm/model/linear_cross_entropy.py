@@ -80,8 +80,7 @@ def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torc
     logits32 = logits.float()
     logsumexp = torch.logsumexp(logits32, dim=-1, keepdim=True)
     loss = ((logsumexp - logits32.gather(1, targets)) * scale).sum()
-    one_hot = torch.arange(logits.shape[1], device=logits.device) == targets
-    grad = (torch.exp(logits32 - logsumexp) - one_hot.float()) * scale
+    grad = (torch.exp(logits32 - logsumexp) * scale).scatter_add(1, targets, -scale)  # minus the one-hot
     return loss, grad.to(logits.dtype)
 
 

@@ -31,10 +31,12 @@ def use_fast_backward(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
     """Causal self-attention (no cache, no padding mask) being trained, in bf16, on CPU, at a size
     where compiling the backward pays off."""
     B, H, T, _ = q.shape
-    return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-            and q.numel() >= compiled_kernels.MIN_ELEMENTS
-            and q.requires_grad and dropout == 0.0 and k.shape[2] == T and T > 1
-            and B * H * T * T <= MAX_SCORE_ELEMENTS and _flash_op() is not None and _compiler_ready())
+    bf16_on_cpu = q.device.type == "cpu" and q.dtype == torch.bfloat16
+    training = torch.is_grad_enabled() and q.requires_grad and dropout == 0.0
+    self_attention = k.shape[2] == T > 1  # not new tokens against a cache
+    worth_it = q.numel() >= compiled_kernels.MIN_ELEMENTS and B * H * T * T <= MAX_SCORE_ELEMENTS
+    return (bf16_on_cpu and training and self_attention and worth_it
+            and _flash_op() is not None and _compiler_ready())
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
