@@ -1,6 +1,8 @@
 """The training-time kernels (chunked head + cross-entropy, compiled RMSNorm / SwiGLU / RoPE) give
 the results of the plain ops they replace."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,3 +112,23 @@ def test_kernels_stay_out_of_inference():
     with torch.no_grad():
         assert not training_on_cpu(x)
     assert not training_on_cpu(torch.randn(2, 3))
+
+
+def test_a_failing_compiler_falls_back_to_the_plain_function(monkeypatch):
+    from decoderlm.model import compiled_kernels
+
+    def broken_compile(fn):
+        def run(*args):
+            raise RuntimeError("no working C++ toolchain")
+        return run
+
+    monkeypatch.setattr(compiled_kernels.torch, "compile", broken_compile)
+    monkeypatch.setattr(compiled_kernels, "can_compile", lambda device: True)
+    monkeypatch.setattr(compiled_kernels, "MIN_ELEMENTS", 0)
+    kernel = compiled_kernels.CompiledKernel(lambda x: x * 2)
+    x = torch.ones(3)
+    with pytest.warns(UserWarning, match="uncompiled"):
+        assert torch.equal(kernel(x), x * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stays on the plain path, without warning again
+        assert torch.equal(kernel(x), x * 2)

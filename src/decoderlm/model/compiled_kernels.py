@@ -16,6 +16,8 @@ every decoding step.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from decoderlm.compile_support import can_compile
@@ -31,16 +33,23 @@ class CompiledKernel:
     def __init__(self, fn):
         self.fn = fn
         self._compiled = None
+        self._failed = False
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args):
         x = args[0]
-        if (torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() < MIN_ELEMENTS
+        if (self._failed or torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() < MIN_ELEMENTS
                 or not can_compile(x.device)):
             return self.fn(*args)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn)
-        return self._compiled(*args)
+        try:
+            return self._compiled(*args)
+        except Exception as err:  # a broken toolchain must not stop training: the plain function is exact
+            self._failed = True
+            warnings.warn(f"decoderlm: compiling {self.fn.__name__} failed ({type(err).__name__}); "
+                          "running it uncompiled", stacklevel=2)
+            return self.fn(*args)
 
 
 def training_on_cpu(x: torch.Tensor) -> bool:
