@@ -47,6 +47,21 @@ def test_gradients_accumulate_in_float32():
         torch.testing.assert_close(p.grad, want, rtol=0, atol=0)
 
 
+def test_master_weights_refused_under_torchrun(monkeypatch):
+    """Checked with the other train settings, before anything is written, on every rank alike
+    (`decoderlm train` under torchrun printed the same one line from both ranks, exit 2)."""
+    from decoderlm.errors import DecoderLMError
+    from decoderlm.train.rundir import check_train_config
+
+    recipe = get_recipe("toy")
+    recipe = recipe.replace(train=recipe.train.replace(master_weights=True))
+    check_train_config(recipe)  # one process: fine
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DecoderLMError, match="train.master_weights is for single-process training"):
+        check_train_config(recipe)
+    check_train_config(recipe.replace(train=recipe.train.replace(master_weights=None)))  # unset: autocast
+
+
 def test_master_weights_where_measured():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_master_weights(None, torch.bfloat16, cpu, distributed=False)

@@ -31,7 +31,7 @@ from decoderlm.train.device import autocast, autocast_dtype
 from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
                                      plot_losses, progress_bar)
 from decoderlm.train.optim import build_optimizer, set_lr
-from decoderlm.train.precision import MasterWeights, use_master_weights
+from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
 from decoderlm.train.schedule import horizon, lr_factor, parse_duration
 
 
@@ -62,9 +62,7 @@ class Trainer:
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
-        if cfg.master_weights and self.dist.enabled:
-            raise DecoderLMError("train.master_weights is for single-process training; under torchrun "
-                                 "leave it unset (bf16 autocast is used)")
+        check_master_weights(cfg.master_weights, self.dist.world_size)
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 

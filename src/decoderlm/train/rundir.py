@@ -22,6 +22,7 @@ from decoderlm.train.device import DTYPES
 from decoderlm.train.distributed import PARALLEL
 from decoderlm.train.optim import OPTIMIZERS
 from decoderlm.train.overrides import apply_overrides, parse_overrides
+from decoderlm.train.precision import check_master_weights
 from decoderlm.train.schedule import SCHEDULES, parse_duration
 
 SAMPLERS = ("random", "sequential")
@@ -112,6 +113,7 @@ def check_train_config(recipe: Recipe) -> None:
                              f"(model.max_seq_len {recipe.model.max_seq_len})")
     if cfg.lr < 0 or cfg.min_lr < 0 or cfg.eval_every < 0:
         raise DecoderLMError("train.lr, train.min_lr and train.eval_every must not be negative")
+    check_master_weights(cfg.master_weights, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's
 
 
 def _replace_out(out: Path, link: str, data_dir: Path | None = None) -> None:
