@@ -9,7 +9,9 @@ width 512), RMSNorm forward + backward took 6.5-9 ms eagerly and 1.1 ms compiled
 `CompiledKernel(fn)` runs `fn` through torch.compile the first time it is called on a CPU tensor
 (once per shape; inductor fuses it into one loop), and plain `fn` when there is no C++ compiler,
 on other devices, inside a model that is itself being compiled (then `fn` is traced with it),
-and for tensors too small for the seconds of compiling to pay off (tiny test models).
+and for tensors too small for the seconds of compiling to pay off (tiny test models). If compiling
+the forward fails (a broken C++ toolchain), it warns once and runs `fn`; the backward is compiled
+at the first backward pass, outside this guard.
 Callers use kernels only while training; inference keeps the plain ops, whose shapes change at
 every decoding step.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch._dynamo.exc import TorchDynamoException
+from torch._inductor.exc import InductorError
 
 from decoderlm.compile_support import can_compile
 
@@ -45,7 +49,7 @@ class CompiledKernel:
             self._compiled = torch.compile(self.fn)
         try:
             return self._compiled(*args)
-        except Exception as err:  # a broken toolchain must not stop training: the plain function is exact
+        except (TorchDynamoException, InductorError, OSError) as err:  # a broken toolchain: fn is exact
             self._failed = True
             warnings.warn(f"decoderlm: compiling {self.fn.__name__} failed ({type(err).__name__}); "
                           "running it uncompiled", stacklevel=2)

@@ -11,8 +11,11 @@ Here the head is applied to a few hundred rows at a time; each chunk's loss and 
 (softmax minus one-hot, times the head's weight) are computed at once while the chunk is fresh,
 so the full logits never exist and the backward pass only rescales the saved gradients (the
 approach of Liger-Kernel's fused linear cross-entropy). torch has no such op, so it is written
-by hand. The chunk gradients of the head's weight are summed in the compute dtype (bf16 in mixed
-precision), as the one big matmul of the plain way also rounds its result to it.
+by hand. The head's weight gradient is summed over chunks in float32 and rounded once.
+
+The chunks pay on CPU in eager mode, where they were measured. Inside a compiled model, inductor
+fuses the plain head + cross-entropy itself (measured as fast, and a Python loop over chunks would
+be unrolled into the graph), and other devices were not measured: both take the plain path.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from decoderlm.model.compiled_kernels import CompiledKernel
 
 CHUNK_BYTES = 16 << 20  # float32 logits per chunk: well under glibc's 32 MiB mmap threshold
+MAX_CHUNKS = 8  # large vocabularies: bigger chunks rather than many small matmuls
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -33,6 +37,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     `ignore_index` add nothing; if every row is ignored the loss is 0. Under autocast the head runs
     in the autocast dtype, as nn.Linear would.
     """
+    if torch.compiler.is_compiling() or hidden.device.type != "cpu":
+        valid = (targets != ignore_index).sum().clamp(min=1)
+        logits = F.linear(hidden, weight, bias).float()
+        return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / valid
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index)
     dtype = _compute_dtype(hidden)
@@ -69,8 +77,9 @@ class _Rows:
         self.scale = (valid.float() / valid.sum().clamp(min=1)).unsqueeze(1)  # d(mean loss) / d(row loss)
 
     def chunks(self):
-        step = chunk_rows(self.weight.shape[0])
-        return [slice(start, start + step) for start in range(0, self.hidden.shape[0], step)]
+        n = self.hidden.shape[0]
+        step = max(chunk_rows(self.weight.shape[0]), -(-n // MAX_CHUNKS))
+        return [slice(start, start + step) for start in range(0, n, step)]
 
 
 def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor):
@@ -99,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w = rows.weight
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad_hidden = torch.empty_like(rows.hidden) if want_hidden else None
-            grad_weight = torch.zeros_like(w) if want_weight else None
+            grad_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if want_weight else None
             grad_bias = torch.zeros(w.shape[0], dtype=torch.float32, device=hidden.device) if want_bias else None
             for chunk in rows.chunks():
                 h = rows.hidden[chunk]
@@ -110,8 +119,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_bias += grad_logits.float().sum(0)
                 if want_hidden:
                     torch.mm(grad_logits, w, out=grad_hidden[chunk])
-                if want_weight:
-                    grad_weight.addmm_(grad_logits.t(), h)
+                if want_weight:  # summed in float32 (CPU matmuls cannot write bf16 products into it)
+                    grad_weight += torch.mm(grad_logits.t(), h)
         ctx.save_for_backward(
             *(x if x is not None else torch.empty(0) for x in (grad_hidden, grad_weight, grad_bias)))
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
