@@ -93,7 +93,7 @@ def _report(result, recipe, out: Path, samples: bool) -> None:
         line += f"; best validation loss {result.best_val_loss:.4f}"
     print(line)
     if samples:
-        for prompt, _, whole in run_samples(out, recipe.train):
+        for prompt, whole in run_samples(out, recipe.train):
             print(f"--- sample{' for ' + repr(prompt) if prompt else ''}:\n{whole}")
     print(f"run directory: {out} (loss plot: {out / 'loss.png'}); "
           f"generate with: decoderlm generate {out} --prompt ...")

@@ -106,15 +106,16 @@ def barrier(state: Distributed) -> None:
 
 
 # -- full (unsharded) state for checkpoints -------------------------------------------------------
-def full_model_state(module: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
-    """The DecoderLM's complete state dict on CPU, from the (wrapped) LossModule. Under FSDP it is
-    gathered from every shard: all ranks must call, rank 0 receives it."""
+def full_model_state(model: nn.Module, wrapped: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
+    """The complete state dict on CPU of `model`, the fp32 DecoderLM the optimizer updates. Under
+    FSDP it is gathered from every shard of `wrapped` (the sharded LossModule): all ranks must
+    call, rank 0 receives it."""
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k.removeprefix("model."): v for k, v in full.items()}
-    return {k: v.detach().cpu() for k, v in unwrap(module).model.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def full_optimizer_state(model: nn.Module, optimizer, sharded: bool) -> dict:

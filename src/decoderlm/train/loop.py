@@ -272,10 +272,7 @@ class Trainer:
             self.metrics.write(record)
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        if self.master:  # the fp32 masters, not their bf16 copy
-            state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        else:
-            state = distributed.full_model_state(self.loss_module, self.sharded)
+        state = distributed.full_model_state(self.model, self.loss_module, self.sharded)
         return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
     def _publish(self, weights: dict[str, torch.Tensor]) -> None:

@@ -10,8 +10,8 @@ import torch
 from decoderlm.config import TrainConfig
 
 
-def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> list[tuple[str, str, str]]:
-    """(prompt, continuation, whole text decoded at once) for each of `config.sample_prompts` (one
+def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> list[tuple[str, str]]:
+    """(prompt, prompt and continuation decoded at once) for each of `config.sample_prompts` (one
     sample from the EOS token if there are none). Temperature 0 decodes greedily."""
     import decoderlm
     from decoderlm.generate import generate
@@ -31,5 +31,5 @@ def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None) -> 
                           temperature=config.sample_temperature, top_k=None, eos_token_id=tok.eos_id,
                           seed=seed if seed is not None else config.seed)
         whole = tokens[0].tolist() if prompt else tokens[0, len(ids):].tolist()
-        out.append((prompt, tok.decode(tokens[0, len(ids):].tolist()), tok.decode(whole)))
+        out.append((prompt, tok.decode(whole)))
     return out
