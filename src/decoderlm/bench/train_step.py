@@ -27,15 +27,15 @@ def train_flops_per_token(model, seq_len: int) -> float:
     return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
 
-def _autocast_step(loss_fn, params, dtype, compiled: bool):
-    """transformers' way: autocast over fp32 weights."""
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, fused=True)
+def _autocast_step(loss_fn, params, dtype, compiled: bool, lr: float = 1e-4, weight_decay: float = 0.1):
+    """transformers' way: autocast over fp32 weights. loss_fn(x, y) -> loss; returns step(x, y)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     if compiled:
         loss_fn = torch.compile(loss_fn)
 
-    def step():
+    def step(x, y):
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            loss = loss_fn()
+            loss = loss_fn(x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -44,19 +44,19 @@ def _autocast_step(loss_fn, params, dtype, compiled: bool):
     return step
 
 
-def _decoderlm_step(model, x, y, dtype, compiled: bool):
+def _decoderlm_step(model, dtype, compiled: bool, lr: float = 1e-4, weight_decay: float = 0.1):
     """decoderlm's trainer's way: in bf16, a bf16 copy of the model computes and the fp32 masters
-    are updated; in fp32, plain fp32."""
+    are updated; in fp32, plain fp32. Returns step(x, y)."""
     if dtype == torch.float32:
-        return _autocast_step(lambda: model.loss(x, y)[0], model.parameters(), dtype, compiled)
+        return _autocast_step(lambda x, y: model.loss(x, y)[0], model.parameters(), dtype, compiled, lr, weight_decay)
     master = MasterWeights(model, dtype)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    loss_fn = lambda: master.compute.loss(x, y)[0]  # noqa: E731
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    loss_fn = lambda x, y: master.compute.loss(x, y)[0]  # noqa: E731
     if compiled:
         loss_fn = torch.compile(loss_fn)
 
-    def step():
-        loss = loss_fn()
+    def step(x, y):
+        loss = loss_fn(x, y)
         loss.backward()
         master.collect_grads()
         optimizer.step()
@@ -81,10 +81,9 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
         flops = train_flops_per_token(ours, seq_len) * batch_size * seq_len
         for compiled in compile_modes:
             a, b = copy.deepcopy(ours), copy.deepcopy(hf)
-            runs = {
-                "decoderlm": _decoderlm_step(a, x, y, dtype, compiled),
-                "transformers": _autocast_step(lambda: _hf_loss(b, x, y), b.parameters(), dtype, compiled),
-            }
+            ours_step = _decoderlm_step(a, dtype, compiled)
+            hf_step = _autocast_step(lambda x, y: _hf_loss(b, x, y), b.parameters(), dtype, compiled)
+            runs = {"decoderlm": lambda: ours_step(x, y), "transformers": lambda: hf_step(x, y)}
             seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 8)
             tok_s = {k: batch_size * seq_len / median(v) for k, v in seconds.items()}
             rows.append({
@@ -130,22 +129,9 @@ def bf16_loss_curve(steps: int = 50, batch_size: int = 8, seq_len: int = 256, lr
     ours, _ = llama_pair(SIZES[size])
     curves = {}
     for dtype in (torch.float32, torch.bfloat16):
-        model = copy.deepcopy(ours).train()
-        master = MasterWeights(model, dtype) if dtype != torch.float32 else None
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
-        losses = []
-        for step in range(steps):
-            window = torch.stack([data[s:s + seq_len + 1] for s in starts[step].tolist()])
-            loss, _ = (master.compute if master else model).loss(window[:, :-1], window[:, 1:])
-            loss.backward()
-            if master:
-                master.collect_grads()
-            optimizer.step()
-            if master:
-                master.update_compute()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        curves[dtype] = losses
+        step = _decoderlm_step(copy.deepcopy(ours).train(), dtype, compiled=False, lr=lr, weight_decay=0.01)
+        windows = (torch.stack([data[s:s + seq_len + 1] for s in row.tolist()]) for row in starts)
+        curves[dtype] = [step(w[:, :-1], w[:, 1:]).item() for w in windows]
     fp32, bf16 = curves[torch.float32], curves[torch.bfloat16]
     relative = [abs(a - b) / a for a, b in zip(fp32, bf16)]
     # bf16 keeps 8 significant bits (0.4% per rounding); a real precision bug (lost updates, a
