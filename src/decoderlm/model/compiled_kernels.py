@@ -12,8 +12,8 @@ on other devices, inside a model that is itself being compiled (then `fn` is tra
 and for tensors too small for the seconds of compiling to pay off (tiny test models). If compiling
 the forward fails (a broken C++ toolchain), it warns once and runs `fn`; the backward is compiled
 at the first backward pass, outside this guard.
-Callers use kernels only while training; inference keeps the plain ops, whose shapes change at
-every decoding step.
+Model layers use kernels only while training (`training_only`); inference keeps the plain ops,
+whose shapes change at every decoding step.
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ MIN_ELEMENTS = 1 << 17
 
 
 class CompiledKernel:
-    def __init__(self, fn):
+    """`fn`, compiled where that pays. training_only: compiled only when gradients flow through
+    the first argument (model layers); the kernels that already run inside a training-only
+    autograd function leave it False."""
+
+    def __init__(self, fn, training_only: bool = False):
         self.fn = fn
+        self.training_only = training_only
         self._compiled = None
         self._failed = False
         self.__doc__ = fn.__doc__
@@ -43,7 +48,7 @@ class CompiledKernel:
     def __call__(self, *args):
         x = args[0]
         if (self._failed or torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() < MIN_ELEMENTS
-                or not can_compile(x.device)):
+                or (self.training_only and not training_on_cpu(x)) or not can_compile(x.device)):
             return self.fn(*args)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn)

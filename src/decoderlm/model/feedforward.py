@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
-from decoderlm.model.compiled_kernels import CompiledKernel, training_on_cpu
+from decoderlm.model.compiled_kernels import CompiledKernel
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -40,9 +40,7 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(self.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
-        gate_up = self.gate_up(x)
-        hidden = _swiglu_kernel(gate_up) if training_on_cpu(gate_up) else swiglu(gate_up)
-        return self.down(hidden)
+        return self.down(_swiglu_kernel(self.gate_up(x)))
 
 
 def swiglu(gate_up):
@@ -51,7 +49,7 @@ def swiglu(gate_up):
     return F.silu(gate) * up
 
 
-_swiglu_kernel = CompiledKernel(swiglu)
+_swiglu_kernel = CompiledKernel(swiglu, training_only=True)
 
 
 class MixtureOfExperts(nn.Module):

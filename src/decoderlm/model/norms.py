@@ -7,14 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
-from decoderlm.model.compiled_kernels import CompiledKernel, training_on_cpu
+from decoderlm.model.compiled_kernels import CompiledKernel
 
 
-def _rms_norm(x, weight, eps: float):
-    return F.rms_norm(x, weight.shape, weight, eps)
-
-
-_rms_norm_kernel = CompiledKernel(_rms_norm)
+_rms_norm = CompiledKernel(F.rms_norm, training_only=True)
 
 
 class RMSNorm(nn.RMSNorm):
@@ -22,9 +18,7 @@ class RMSNorm(nn.RMSNorm):
     one (see compiled_kernels.py). The same parameters and results either way."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None and self.eps is not None and training_on_cpu(x):
-            return _rms_norm_kernel(x, self.weight, self.eps)
-        return super().forward(x)
+        return _rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
 
 def build_norm(config: ModelConfig) -> nn.Module:

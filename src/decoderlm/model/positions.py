@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from decoderlm.model.compiled_kernels import CompiledKernel, training_on_cpu
+from decoderlm.model.compiled_kernels import CompiledKernel
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -67,14 +67,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def _rotate_queries_and_keys(q, k, cos, sin):
+    """apply_rotary to both queries and keys."""
     return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
-_rotary_kernel = CompiledKernel(_rotate_queries_and_keys)
-
-
-def rotate_queries_and_keys(q, k, cos, sin):
-    """apply_rotary to both; one fused compiled kernel while training on CPU."""
-    if training_on_cpu(q):
-        return _rotary_kernel(q, k, cos, sin)
-    return _rotate_queries_and_keys(q, k, cos, sin)
+# One fused compiled kernel while training on CPU, the plain function otherwise.
+rotate_queries_and_keys = CompiledKernel(_rotate_queries_and_keys, training_only=True)
