@@ -128,3 +128,32 @@ def test_char_tokenizer_reads_the_template_tokens_as_single_ids():
     assert _taught(renderer, example) == ["Hello there.<|im_end|>"]
     assert int(example.loss_mask.sum()) == len("Hello there.") + 1
     assert renderer.stop_token_ids() == [tok.tok.token_to_id("<|im_end|>"), tok.eos_id]
+
+
+def test_a_tokenizer_without_offsets_is_encoded_piece_by_piece():
+    from decoderlm.data.tokenizers import ToyTokenizer
+
+    toy = ToyTokenizer()  # StatQuest's task as a chat: the reply to "what is statquest" is "awesome"
+    template = ChatTemplate("{% for m in messages %}{{ m['content'] + ' ' + eos_token + ' ' }}{% endfor %}")
+    renderer = ChatRenderer(template, toy)
+    example = renderer.example([{"role": "user", "content": "what is statquest"},
+                                {"role": "assistant", "content": "awesome"}])
+    assert toy.decode(example.ids) == "what is statquest <EOS> awesome <EOS>"
+    assert example.loss_mask.tolist() == [False] * 4 + [True, True]
+    assert renderer.prompt_ids([{"role": "user", "content": "what is statquest"}]) == example.ids[:4].tolist()
+    assert renderer.end_of_turn == "<EOS>" and renderer.stop_token_ids() == [toy.eos_id]
+
+
+def test_trim_history_drops_the_oldest_exchanges_and_keeps_the_system_prompt():
+    from decoderlm.chat import trim_history
+
+    renderer = ChatRenderer(default_template(), chatml_bpe())
+    conv = CONVERSATIONS[2][:-1]  # system, then three user turns and two replies; the latest is a user turn
+    full = len(renderer.prompt_ids(conv))
+    assert trim_history(renderer, conv, full) == (conv, 0)
+    trimmed, dropped = trim_history(renderer, conv, full - 1)
+    assert dropped == 2 and trimmed == [conv[0]] + conv[3:]
+    latest_only = len(renderer.prompt_ids([conv[0], conv[-1]]))
+    assert trim_history(renderer, conv, latest_only) == ([conv[0], conv[-1]], 4)
+    with pytest.raises(DecoderLMError, match="the latest message does not fit the context"):
+        trim_history(renderer, conv, latest_only - 1)

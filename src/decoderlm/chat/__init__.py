@@ -9,7 +9,7 @@ from decoderlm.chat.packing import (
     IGNORE_INDEX, Batch, FitReport, best_fit, block_causal_layout, fit_to_window, layout_efficiency, pack,
     packed_batch, padded_batch,
 )
-from decoderlm.chat.render import ChatRenderer, Example
+from decoderlm.chat.render import ChatRenderer, Example, trim_history
 from decoderlm.chat.template import (
     ChatTemplate, default_template, read_saved_template, read_template_file, save_template, special_token_variables,
 )
@@ -20,5 +20,5 @@ __all__ = [
     "add_special_tokens", "best_fit", "block_causal_layout", "default_template", "detect_format", "fit_to_window",
     "is_chat_file", "iter_conversations", "layout_efficiency", "pack", "packed_batch", "padded_batch",
     "read_conversations", "read_saved_template", "read_template_file", "render_all", "resize_token_embeddings",
-    "save_template", "special_token_variables", "split_examples",
+    "save_template", "special_token_variables", "split_examples", "trim_history",
 ]

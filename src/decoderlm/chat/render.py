@@ -7,11 +7,14 @@ rendered for prefixes of the conversation. For assistant message i,
 Both must be prefixes of render(messages) (the template is *prefix-stable*: it never rewrites earlier
 turns when later ones are added; ChatML, Llama-3, Qwen2.5, Mistral and Gemma templates are). The text
 between them is the reply and its end-of-turn token(s) (the newline that separates turns is not
-learned: generation stops at the end-of-turn token). The whole conversation is tokenized once, as
-transformers' `apply_chat_template` does, and each boundary becomes a token index through the
-tokenization of its prefix: the longest common prefix of the two id lists. When a token straddles a
-boundary (e.g. a space that the template puts before the reply merges with the reply's first word),
-that token is put in the loss, at both ends, and the event is counted.
+learned: generation stops at the end-of-turn token).
+
+Characters to tokens: with a `tokenizers`-based tokenizer the whole conversation is tokenized once,
+as transformers' `apply_chat_template` does (same ids), and a token is in the loss when its character
+offsets overlap a reply. When a token straddles a boundary (a space that the template puts before the
+reply merges with the reply's first word), it is put in the loss, at either end, and counted in
+`stats.straddling_boundaries`. Tokenizers without offsets (tiktoken's GPT-2, toy) encode the text
+piece by piece, cut at the boundaries.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.variables = special_token_variables(tokenizer) if variables is None else dict(variables)
         self.stats = RenderStats()
+        self._offsets_tokenizer = _without_post_processor(getattr(tokenizer, "tok", None))
 
     # -- text and ids ---------------------------------------------------------------------------
     def text(self, messages, add_generation_prompt: bool = False) -> str:
@@ -69,12 +73,6 @@ class ChatRenderer:
         if hf is not None:
             return hf.encode(text, add_special_tokens=False).ids
         return self.tokenizer.encode(text)
-
-    def _encode_many(self, texts: list[str]) -> list[list[int]]:
-        hf = getattr(self.tokenizer, "tok", None)
-        if hf is not None:
-            return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
-        return [self.tokenizer.encode(t) for t in texts]
 
     def prompt_ids(self, messages) -> list[int]:
         """The ids that prompt the model's next reply (the conversation plus the assistant header)."""
@@ -110,20 +108,18 @@ class ChatRenderer:
         replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if loss_on == "last":
             replies = replies[-1:]
-        bounds = self._reply_spans(messages, full, replies) if loss_on != "all" else []
-        texts = [full] + [t for pair in bounds for t in pair]
-        encoded = self._encode_many(texts)
-        ids = np.asarray(encoded[0], dtype=np.int64)
-        mask = np.full(len(ids), loss_on == "all")
-        for k in range(len(bounds)):
-            start = self._boundary(ids, encoded[1 + 2 * k], at_end=False)
-            end = self._boundary(ids, encoded[2 + 2 * k], at_end=True)
-            mask[start:max(start, end)] = True
+        spans = self._reply_spans(messages, full, replies) if loss_on != "all" else []
+        if self._offsets_tokenizer is not None:
+            ids, mask = self._mask_by_offsets(full, spans)
+        else:
+            ids, mask = self._mask_by_pieces(full, spans)
+        if loss_on == "all":
+            mask[:] = True
         self._count(ids, mask)
-        return Example(ids.astype(np.int32), mask)
+        return Example(ids, mask)
 
-    def _reply_spans(self, messages, full: str, replies: list[int]) -> list[tuple[str, str]]:
-        """(prompt text, through text) for each reply, checked to be prefixes of `full`."""
+    def _reply_spans(self, messages, full: str, replies: list[int]) -> list[tuple[int, int]]:
+        """(start, end) character span of each reply in `full`, from renders of its prefixes."""
         spans = []
         for i in replies:
             prompt = self.text(messages[:i], add_generation_prompt=True)
@@ -133,21 +129,72 @@ class ChatRenderer:
                     f"chat template ({self.template.origin}) is not prefix-stable: rendering the first {i} "
                     "messages is not the start of rendering them all, so the reply's tokens cannot be found; "
                     "use a template that does not rewrite earlier turns, or loss_on=all")
-            spans.append((prompt, through))
+            spans.append((len(prompt), len(through)))
         return spans
 
-    def _boundary(self, ids: np.ndarray, prefix_ids: list[int], at_end: bool) -> int:
-        """The index in `ids` where the text whose ids are `prefix_ids` ends."""
-        prefix = np.asarray(prefix_ids, dtype=np.int64)
-        n = min(len(prefix), len(ids))
-        differ = np.flatnonzero(ids[:n] != prefix[:n])
-        common = int(differ[0]) if differ.size else n
-        if common == len(prefix):
-            return common
-        self.stats.straddling_boundaries += 1
-        return min(common + 1, len(ids)) if at_end else common
+    def _mask_by_offsets(self, full: str, spans) -> tuple[np.ndarray, np.ndarray]:
+        """One tokenization of the whole text (transformers' ids); a token is in the loss when its
+        characters overlap a reply. Offsets come from a copy without the post-processor, whose
+        offset trimming would give whitespace tokens zero width."""
+        encoding = self._offsets_tokenizer.encode(full, add_special_tokens=False)
+        ids = np.asarray(encoding.ids, dtype=np.int32)
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        mask = np.zeros(len(ids), dtype=bool)
+        for a, b in spans:
+            first = int(np.searchsorted(ends, a, side="right"))  # tokens that end by `a` are the prompt's
+            last = int(np.searchsorted(starts, b, side="left"))  # tokens that start before `b` are the reply's
+            self.stats.straddling_boundaries += int(first < len(ids) and starts[first] < a)
+            self.stats.straddling_boundaries += int(last > 0 and ends[last - 1] > b)
+            mask[first:last] = True
+        return ids, mask
+
+    def _mask_by_pieces(self, full: str, spans) -> tuple[np.ndarray, np.ndarray]:
+        """For tokenizers without character offsets (tiktoken's GPT-2, toy): the text is encoded
+        piece by piece, cut at the reply boundaries, which are then token boundaries by construction
+        (a prompt is encoded the same way at generation time)."""
+        cuts = sorted({0, len(full), *(c for span in spans for c in span)})
+        inside = [any(a <= lo and hi <= b for a, b in spans) for lo, hi in zip(cuts, cuts[1:])]
+        pieces = [self.tokenizer.encode(full[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]
+        ids = np.asarray([t for piece in pieces for t in piece], dtype=np.int32)
+        mask = np.asarray([on for piece, on in zip(pieces, inside) for _ in piece], dtype=bool)
+        return ids, mask
 
     def _count(self, ids: np.ndarray, mask: np.ndarray) -> None:
         self.stats.examples += 1
         self.stats.tokens += len(ids)
         self.stats.loss_tokens += int(mask[1:].sum())
+
+
+def _without_post_processor(hf):
+    """A copy of a `tokenizers.Tokenizer` with no post-processor (same ids without special-token
+    insertion; untrimmed offsets), or None for other tokenizers."""
+    if hf is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(hf.to_str())
+    copy.post_processor = None
+    return copy
+
+
+def trim_history(renderer: ChatRenderer, messages, budget: int) -> tuple[list, int]:
+    """The conversation with its oldest turns dropped until the prompt for the next reply takes at
+    most `budget` tokens (the context minus room for the reply), and how many messages were dropped.
+    System messages at the start stay; the latest message always stays."""
+    messages = list(messages)
+    keep = 0
+    while keep < len(messages) - 1 and messages[keep]["role"] == "system":
+        keep += 1
+    dropped = 0
+    while len(renderer.prompt_ids(messages)) > budget:
+        if len(messages) - keep <= 1:
+            raise DecoderLMError(f"the latest message does not fit the context: its prompt needs more than "
+                                 f"{budget} tokens; shorten it or the system prompt")
+        # Drop whole exchanges: a user turn goes with the replies that follow it.
+        end = keep + 1
+        while end < len(messages) - 1 and messages[end]["role"] == "assistant":
+            end += 1
+        del messages[keep:end]
+        dropped += end - keep
+    return messages, dropped
