@@ -177,3 +177,18 @@ def test_layout_efficiency_by_hand():
     assert stats["padded_to_window"] == pytest.approx(20 / 60)
     assert stats["padded_to_batch_longest"] == pytest.approx(20 / (2 * 6 + 2 * 3 + 2 * 2))
     assert stats["gain_over_padded_to_window"] == pytest.approx(3.0)
+
+
+def test_examples_round_trip_through_disk(tmp_path):
+    from decoderlm.chat import has_examples, load_examples, save_examples
+
+    examples = _examples([9, 5, 12, 3])
+    assert not has_examples(tmp_path)
+    save_examples(examples, tmp_path)
+    loaded = load_examples(tmp_path)
+    assert has_examples(tmp_path) and len(loaded) == 4
+    for a, b in zip(examples, loaded):
+        assert np.array_equal(a.ids, b.ids) and np.array_equal(a.loss_mask, b.loss_mask)
+    (tmp_path / "chat_starts.npy").write_bytes(b"garbage")
+    with pytest.raises(DecoderLMError, match="cannot read the chat examples"):
+        load_examples(tmp_path)

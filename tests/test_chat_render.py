@@ -115,7 +115,6 @@ def test_loss_is_the_mean_over_reply_tokens_and_masked_positions_get_no_gradient
     assert torch.all(grad[after_last:] == 0) and grad[:after_last].abs().sum() > 0
 
 
-
 def test_char_tokenizer_reads_the_template_tokens_as_single_ids():
     from chat_support import CORPUS
 

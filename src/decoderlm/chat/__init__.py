@@ -10,6 +10,7 @@ from decoderlm.chat.packing import (
     packed_batch, padded_batch,
 )
 from decoderlm.chat.render import ChatRenderer, Example, trim_history
+from decoderlm.chat.store import has_examples, load_examples, save_examples
 from decoderlm.chat.template import (
     ChatTemplate, default_template, read_saved_template, read_template_file, save_template, special_token_variables,
 )
@@ -17,7 +18,7 @@ from decoderlm.chat.vocab import add_special_tokens, resize_token_embeddings
 
 __all__ = [
     "Batch", "ChatBatches", "ChatRenderer", "ChatTemplate", "Example", "FitReport", "IGNORE_INDEX",
-    "add_special_tokens", "best_fit", "block_causal_layout", "default_template", "detect_format", "fit_to_window",
+    "add_special_tokens", "best_fit", "has_examples", "load_examples", "save_examples", "block_causal_layout", "default_template", "detect_format", "fit_to_window",
     "is_chat_file", "iter_conversations", "layout_efficiency", "pack", "packed_batch", "padded_batch",
     "read_conversations", "read_saved_template", "read_template_file", "render_all", "resize_token_embeddings",
     "save_template", "special_token_variables", "split_examples", "trim_history",

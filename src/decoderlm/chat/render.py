@@ -19,7 +19,7 @@ piece by piece, cut at the boundaries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,7 +48,6 @@ class RenderStats:
     straddling_boundaries: int = 0  # reply boundaries that fell inside a token (see the module docstring)
     loss_tokens: int = 0
     tokens: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class ChatRenderer:
@@ -151,8 +150,7 @@ class ChatRenderer:
 
     def _mask_by_pieces(self, full: str, spans) -> tuple[np.ndarray, np.ndarray]:
         """For tokenizers without character offsets (tiktoken's GPT-2, toy): the text is encoded
-        piece by piece, cut at the reply boundaries, which are then token boundaries by construction
-        (a prompt is encoded the same way at generation time)."""
+        piece by piece, cut at the reply boundaries, which are then token boundaries by construction."""
         cuts = sorted({0, len(full), *(c for span in spans for c in span)})
         inside = [any(a <= lo and hi <= b for a, b in spans) for lo, hi in zip(cuts, cuts[1:])]
         pieces = [self.tokenizer.encode(full[lo:hi]) for lo, hi in zip(cuts, cuts[1:])]
