@@ -89,7 +89,7 @@ def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     """Copy `state` into `model` after checking names and shapes, so a mismatch is one clear line
     instead of torch's multi-line report. A tied head may be absent (it is the embedding)."""
     expected = model.state_dict()
-    tied = getattr(model, "lm_head", None) is not None and model.lm_head.weight is model.tok_emb.weight
+    tied = _head_is_tied(model)
     optional = {"lm_head.weight"} if tied else set()
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
@@ -103,8 +103,11 @@ def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise DecoderLMError(f"{source}: weight {name!r} has shape {tuple(tensor.shape)} but config.json "
                                  f"implies {tuple(expected[name].shape)}")
-        if not (tensor.is_floating_point() or tensor.is_complex()):
+        want = expected[name].dtype
+        if want.is_floating_point and not (tensor.is_floating_point() or tensor.is_complex()):
             raise DecoderLMError(f"{source}: weight {name!r} has dtype {tensor.dtype}, expected floating point")
+        if not want.is_floating_point and tensor.dtype != want:  # quantized weights: exactly their type
+            raise DecoderLMError(f"{source}: weight {name!r} has dtype {tensor.dtype}, expected {want}")
     if tied and "lm_head.weight" in state and not torch.equal(state["lm_head.weight"], state["tok_emb.weight"]):
         raise DecoderLMError(f"{source}: config.json ties the head to the embedding, but the weights differ")
     model.load_state_dict(state, strict=False)
@@ -114,9 +117,15 @@ def native_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights for safetensors: a tied head stored once (as the embedding), every tensor
     contiguous and owning its memory (safetensors refuses shared or strided storage)."""
     state = model.state_dict()
-    if model.lm_head.weight is model.tok_emb.weight:
+    if _head_is_tied(model):
         state.pop("lm_head.weight")
     return {name: t.detach().contiguous() for name, t in state.items()}
+
+
+def _head_is_tied(model: torch.nn.Module) -> bool:
+    """The head shares the embedding's matrix (a quantized head has no `weight`: never tied)."""
+    head = getattr(model, "lm_head", None)
+    return head is not None and getattr(head, "weight", None) is model.tok_emb.weight
 
 
 # -- writing ----------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Whether torch.compile can run here: on CPU, inductor writes C++ and needs a compiler."""
+"""Whether torch.compile can run here (on CPU, inductor writes C++ and needs a compiler), and where
+its compiled code is cached between runs."""
 
 from __future__ import annotations
 
 import functools
 import os
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -18,3 +20,13 @@ def can_compile(device: torch.device) -> bool:
 @functools.lru_cache(maxsize=None)
 def _cpu_compiler_found() -> bool:
     return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++"))
+
+
+def use_persistent_cache() -> None:
+    """Keep inductor's on-disk caches (compiled graphs, autotuning) in the user's cache directory
+    rather than /tmp, so a compile is paid once per machine, not once per boot. An explicit
+    TORCHINDUCTOR_CACHE_DIR wins."""
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(base / "decoderlm" / "torchinductor")

@@ -20,6 +20,7 @@ from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, 
 from decoderlm.config import ModelConfig, Recipe
 from decoderlm.errors import DecoderLMError
 from decoderlm.model import DecoderLM
+from decoderlm.quantize import QuantSpec, prepare_layout, quantization_of, quantize_model
 
 FORMATS = ("native", "hf")
 
@@ -55,6 +56,10 @@ class LanguageModel:
         if out.exists() and not out.is_dir():
             raise DecoderLMError(f"{out} exists and is not a directory")
         config = self.model.config
+        quantization = quantization_of(self.model)
+        if format == "hf" and quantization is not None:
+            raise DecoderLMError("a Hugging Face checkpoint cannot hold decoderlm's quantized weights; "
+                                 "save it in the native format")
         if format == "hf":
             from decoderlm.interop.hf import write_hf_checkpoint
 
@@ -64,7 +69,10 @@ class LanguageModel:
         recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
         if recipe.model != config:  # the recipe must describe these weights
             recipe = recipe.replace(model=config)
-        commit_files([(out / CONFIG_NAME, json_writer(recipe.to_dict())),
+        config_json = recipe.to_dict()
+        if quantization is not None:
+            config_json["quantization"] = quantization.to_dict()
+        commit_files([(out / CONFIG_NAME, json_writer(config_json)),
                       (out / WEIGHTS_NAME, safetensors_writer(native_state_dict(self.model), {"format": "pt"}))])
         if self.tokenizer is not None:
             _save_tokenizer(self.tokenizer, out)
@@ -72,10 +80,13 @@ class LanguageModel:
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None) -> LanguageModel:
+         dtype: str | torch.dtype | None = None, quantize=None) -> LanguageModel:
     """Load a run directory or a Hugging Face checkpoint directory, in eval mode.
 
-    device: default cpu. dtype: default float32 whatever the stored dtype (safe on every CPU).
+    device: default cpu. dtype: default float32 whatever the stored dtype (safe on every CPU), except
+    for quantized models: bfloat16, the only dtype in which torch's quantized CPU kernels are fast.
+    quantize: "int8" | "int4" | a QuantSpec to quantize the linear layers while loading (from the
+    float32 weights; see decoderlm.quantize). A checkpoint saved quantized comes back quantized.
     """
     directory = _checkpoint_dir(Path(path))
     config_json = read_json(directory / CONFIG_NAME)
@@ -88,8 +99,18 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
         recipe, source_format = _recipe(config_json, directory), "native"
         config, state = recipe.model, read_weights(directory)
     model = DecoderLM(config)
+    saved_spec = _saved_quantization(config_json, directory)
+    if saved_spec is not None:
+        prepare_layout(model, saved_spec)
     check_and_load(model, state, directory)
-    dtype = _dtype(dtype)
+    if quantize is not None:
+        if saved_spec is not None:
+            raise DecoderLMError(f"{directory} is already quantized ({saved_spec.label}); load it without quantize")
+        quantize_model(model, quantize)
+    quantized = quantization_of(model) is not None
+    if quantized:
+        _check_cpu_for_quantization(device)
+    dtype = _dtype(dtype, quantized)
     try:
         model.to(device=torch.device(device or "cpu"), dtype=dtype)
     except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
@@ -126,9 +147,20 @@ def _recipe(config_json: dict[str, Any], directory: Path) -> Recipe:
         raise DecoderLMError(f"invalid {where}: {' '.join(str(err).split())}") from None
 
 
-def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def _saved_quantization(config_json: dict[str, Any], directory: Path):
+    if "quantization" not in config_json:
+        return None
+    return QuantSpec.from_dict(config_json["quantization"], str(directory / CONFIG_NAME))
+
+
+def _check_cpu_for_quantization(device) -> None:
+    if device is not None and torch.device(device).type != "cpu":
+        raise DecoderLMError("quantized models run on torch's CPU kernels; load them with device cpu")
+
+
+def _dtype(dtype: str | torch.dtype | None, quantized: bool = False) -> torch.dtype:
     if dtype is None:
-        return torch.float32
+        return torch.bfloat16 if quantized else torch.float32
     if isinstance(dtype, str):
         name = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(dtype, dtype)
         dtype = getattr(torch, name, None)

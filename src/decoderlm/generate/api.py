@@ -9,9 +9,12 @@ import torch
 
 from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
+from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
+from decoderlm.generate.defaults import announce_compile, choose_compile, static_cache_length
 from decoderlm.generate.options import GenerationOptions, eos_tuple
 from decoderlm.generate.sampling import StopFn, sample_steps
+from decoderlm.generate.speculative import check_speculative, speculative_tokens
 
 
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
@@ -19,7 +22,8 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
              num_beams: int = 1, length_penalty: float = 1.0, early_stopping: bool | str = False,
              eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
              attention_mask=None, seed: int | None = None, stream: bool = False,
-             stop_fn: StopFn | None = None, compile: bool = False):
+             stop_fn: StopFn | None = None, compile: bool | None = None, draft_model=None,
+             prompt_lookup: int | None = None):
     """Continue each prompt row by up to `max_new_tokens` tokens.
 
     input_ids: (B, T) or (T,) ids, left-padded when the rows differ in length, with `attention_mask`
@@ -35,7 +39,10 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
     `stop_fn(sequences)` may return a (B,) bool tensor of rows to finish now (used for stop strings).
     compile=True decodes through a compiled one-token step over a static cache (greedy and sampling;
     beam search stays eager): several times faster per token, but the first call compiles for tens of
-    seconds, so it pays off for long or repeated generations with fixed weights.
+    seconds, so it pays off for long or repeated generations with fixed weights. compile=None (the
+    default) compiles when that pays (decoderlm.generate.defaults); compile=False never does.
+    draft_model (same vocabulary) or prompt_lookup=N (guess N tokens by copying from the text so far):
+    speculative decoding of one prompt (decoderlm.generate.speculative); greedy output is plain greedy's.
     """
     opts = GenerationOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -48,6 +55,9 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
         raise DecoderLMError("streaming works with greedy decoding and sampling, not with beam search")
     device = model.tok_emb.weight.device
     prompt, mask = as_prompt(input_ids, attention_mask, opts.eos_token_ids, device)
+    if draft_model is not None or prompt_lookup is not None:
+        return _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_model, prompt_lookup)
+    compile = _choose_compile(compile, model, prompt, opts)
 
     if stream:
         return _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile)
@@ -76,6 +86,32 @@ def _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile) -> Iterator
             seqs = Sequences(model, prompt, mask, opts.max_new_tokens, compiled=compile)
         for tokens in sample_steps(seqs, opts, vocab_size, stop_fn=stop_fn, check_every=1):
             yield tokens.clone()
+
+
+def _choose_compile(compile, model, prompt, opts) -> bool:
+    shape = (prompt.shape[0], static_cache_length(model.config.max_seq_len, prompt.shape[1] + opts.max_new_tokens))
+    chosen = choose_compile(compile, model, opts.max_new_tokens, shape, opts.num_beams)
+    if chosen and opts.num_beams == 1 and opts.max_new_tokens and not is_compiled(model):
+        announce_compile(model, shape)
+    return chosen
+
+
+def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_model, prompt_lookup):
+    """Speculative decoding of one prompt (left padding, if any, dropped): the ids, or a stream."""
+    check_speculative(opts, prompt.shape[0], draft_model, prompt_lookup, model)
+    if mask is not None:
+        prompt = prompt[:, mask[0].bool()]
+    compile = bool(compile)  # not automatic here: the draft and verification steps compile separately
+
+    def tokens():
+        with _eval_mode(model), _eval_mode(draft_model if draft_model is not None else model):
+            yield from speculative_tokens(model, prompt, opts, draft_model=draft_model,
+                                          prompt_lookup=prompt_lookup, compiled=compile, stop_fn=stop_fn)
+
+    if stream:
+        return tokens()
+    new = list(tokens())
+    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt.clone()
 
 
 @contextlib.contextmanager

@@ -13,10 +13,10 @@ import weakref
 
 import torch
 
-from decoderlm.compile_support import can_compile
+from decoderlm.compile_support import can_compile, use_persistent_cache
 from decoderlm.errors import DecoderLMError
 
-# model -> (weights' version counters when compiled, compiled step)
+# model -> {step function's name: (weights' version counters when compiled, compiled step)}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -28,25 +28,35 @@ def _decode_step(model, token, start, cache, attention_mask, position_ids):
 
 
 def _weights_version(model) -> tuple[int, ...]:
-    return tuple(p._version for p in model.parameters())
+    # Buffers too: quantized layers keep their weights in buffers.
+    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
 
 
-def compiled_step(model):
-    """The compiled decode step for `model`, compiled on first use (tens of seconds on CPU)."""
+def is_compiled(model, fn=_decode_step) -> bool:
+    """Whether `fn` is already compiled for `model`'s current weights (then using it costs nothing)."""
+    entry = _COMPILED.get(model, {}).get(fn.__name__)
+    return entry is not None and entry[0] == _weights_version(model)
+
+
+def compiled_step(model, fn=_decode_step):
+    """`fn(model, *args)` compiled for `model` (default: the one-token decode step), compiled on first
+    use: tens of seconds on CPU the first time, a few once inductor's on-disk cache has the graph."""
     device = model.tok_emb.weight.device
     if not can_compile(device):
         raise DecoderLMError(f"compiled decoding is not available on {device.type} here "
                              "(on CPU torch.compile needs a C++ compiler); generate without --compile")
     version = _weights_version(model)
-    entry = _COMPILED.get(model)
+    entries = _COMPILED.setdefault(model, {})
+    entry = entries.get(fn.__name__)
     if entry is None or entry[0] != version:
         if entry is not None:
             # The frozen constants are stale. Compiled code is cached per function, not per call,
             # so only a reset guarantees the old graph is not reused.
             torch.compiler.reset()
-        step = torch.compile(_decode_step, fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
+        use_persistent_cache()
+        step = torch.compile(fn, fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
         entry = (version, step)
-        _COMPILED[model] = entry
+        entries[fn.__name__] = entry
     step = entry[1]
 
     def run(*args):

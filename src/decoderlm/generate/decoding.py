@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from decoderlm.errors import DecoderLMError
+from decoderlm.generate.defaults import static_cache_length
 
 
 class ContextOverflowWarning(UserWarning):
@@ -39,7 +40,10 @@ class Sequences:
         self.length = P  # tokens in seq
         self.offset = 0  # seq[:, offset:] is what the model sees (the context after cropping)
         self.filled = 0  # how many of those are in the cache
-        self.cache = model.new_cache(B, min(self.window, P + max_new_tokens), static=compiled)
+        # A compiled step's graph depends on the cache length: round it up so nearby lengths share one.
+        cache_len = static_cache_length(self.window, P + max_new_tokens) if compiled else \
+            min(self.window, P + max_new_tokens)
+        self.cache = model.new_cache(B, cache_len, static=compiled)
         self.step = None
         if compiled:
             from decoderlm.generate.compiled import compiled_step

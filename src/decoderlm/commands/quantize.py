@@ -1,0 +1,42 @@
+"""`decoderlm quantize RUN_OR_HF_DIR --bits 8|4 [--group-size G] --out DIR`: write a weight-only
+quantized copy of a model (safetensors with scales, and a `quantization` section in config.json)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from decoderlm.errors import DecoderLMError
+
+
+def register(sub):
+    p = sub.add_parser("quantize", help="write an int8 or int4 weight-only quantized copy of a model")
+    p.add_argument("model", metavar="RUN_OR_HF_DIR", help="a decoderlm run directory or a Hugging Face model directory")
+    p.add_argument("--bits", type=int, required=True, choices=(8, 4),
+                   help="8: int8, one scale per output channel; 4: int4 in groups of input columns")
+    p.add_argument("--group-size", type=int, default=None, metavar="G",
+                   help="int4: input columns per scale and zero, 32, 64 (default), 128 or 256; it must divide "
+                        "every layer's input width")
+    p.add_argument("--float-head", action="store_true",
+                   help="keep the output head in floating point (default: int8, also for --bits 4)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (a new one)")
+    p.set_defaults(func=quantize_command)
+
+
+def quantize_command(args) -> int:
+    import torch
+
+    import decoderlm
+    from decoderlm.quantize import QuantSpec, linear_weight_bytes, quantize_model
+
+    spec = QuantSpec(args.bits, args.group_size, 16 if args.float_head else 8).validated()
+    source, out = Path(args.model), Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
+    lm = decoderlm.load(source, dtype="float32")  # scales are computed from the float32 weights
+    before = linear_weight_bytes(lm.model, torch.bfloat16)
+    quantize_model(lm.model, spec)  # checks every layer before anything is written
+    lm.save(out)
+    after = linear_weight_bytes(lm.model, torch.bfloat16)
+    print(f"quantized {source} to {spec.label}: linear weights {before / 1e6:,.1f} MB in bf16 -> "
+          f"{after / 1e6:,.1f} MB; wrote {out}")
+    return 0
