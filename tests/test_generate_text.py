@@ -154,8 +154,10 @@ def test_chat_reads_lines_until_quit(run_dir, capsys, monkeypatch):
 
 def generate_text_for(run_dir, prompt):
     import decoderlm
+    from decoderlm.generate.defaults import default_dtype
 
-    return generate_text(decoderlm.load(run_dir), prompt, max_new_tokens=8, temperature=0)
+    # The command line's default dtype (bf16 where the CPU runs it natively), as `chat` loads it.
+    return generate_text(decoderlm.load(run_dir, dtype=default_dtype("cpu")), prompt, max_new_tokens=8, temperature=0)
 
 
 def test_chat_in_a_real_process_streams_and_ends_at_eof(run_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -26,10 +27,18 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
                    help="end a completion at any of these strings (not included in the output)")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for reproducible samples")
     p.add_argument("--device", default=None, help="cpu (default), cuda, mps ...")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--dtype", default=None,
+                   help="float32, bfloat16 or float16 (default: bfloat16 where the CPU or GPU runs it natively)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="decode with a compiled one-token step: several times faster per token after a "
-                        "one-off compile of tens of seconds (pays off for long outputs or a chat session)")
+                        "compile of about a minute the first time, seconds once cached on disk (default: "
+                        "when the generation is long enough to pay; --no-compile never)")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="quantize the linear layers' weights while loading (see `decoderlm quantize`)")
+    p.add_argument("--draft", metavar="RUN_OR_HF_DIR", default=None,
+                   help="speculative decoding with this smaller model (same tokenizer) guessing ahead")
+    p.add_argument("--prompt-lookup", type=int, default=None, metavar="N",
+                   help="speculative decoding that guesses N tokens by copying from the prompt and text so far")
 
 
 def register(sub):
@@ -47,17 +56,32 @@ def register(sub):
 
 
 def sampling_kwargs(args) -> dict:
-    return dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop, compile=args.compile)
+    kwargs = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                  repetition_penalty=args.repetition_penalty, seed=args.seed, stop=args.stop, compile=args.compile)
+    if getattr(args, "draft_lm", None) is not None:
+        kwargs["draft_model"] = args.draft_lm.model
+    if args.prompt_lookup is not None:
+        kwargs["prompt_lookup"] = args.prompt_lookup
+    return kwargs
 
 
 def load_model(args):
+    """The model to generate with (and the draft model, as args.draft_lm), in the command line's
+    default dtype: bfloat16 where the hardware runs it natively (decoderlm.generate.defaults)."""
     import decoderlm
+    from decoderlm.generate.defaults import default_dtype
 
-    lm = decoderlm.load(args.model, device=args.device, dtype=args.dtype)
+    dtype = args.dtype or default_dtype(args.device)
+    lm = decoderlm.load(args.model, device=args.device, dtype=dtype, quantize=args.quantize)
     if lm.tokenizer is None:
         raise DecoderLMError(f"{args.model} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
                              f"vocab.json + merges.txt); generation needs one to read and write text")
+    args.draft_lm = None
+    if args.draft is not None:
+        args.draft_lm = decoderlm.load(args.draft, device=args.device, dtype=dtype)
+        if args.draft_lm.config.vocab_size != lm.config.vocab_size:
+            raise DecoderLMError(f"--draft {args.draft} has a vocabulary of {args.draft_lm.config.vocab_size} tokens, "
+                                 f"the model {lm.config.vocab_size}; a draft must share the model's tokenizer")
     return lm
 
 

@@ -1,0 +1,124 @@
+"""Speculative decoding: greedy output equals plain greedy decoding; samples follow the model's
+distribution (chi-square tests); bad input is one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decoderlm import DecoderLM, DecoderLMError, ModelConfig
+from decoderlm.generate import generate
+from decoderlm.generate.options import GenerationOptions
+from decoderlm.generate.speculative import _Chooser, accept
+
+
+def model(seed, d_model=64, n_layer=2, vocab=64, init_std=0.3):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, max_seq_len=96, d_model=d_model, n_layer=n_layer, n_head=4,
+                      position="rope", norm="rmsnorm", ffn="swiglu", init_std=init_std)
+    return DecoderLM(cfg).eval()
+
+
+TARGET, DRAFT = model(0), model(1, d_model=32, n_layer=1)
+
+
+def prompts(n):
+    g = torch.Generator().manual_seed(7)
+    for i in range(n):
+        length = int(torch.randint(1, 14, (1,), generator=g))
+        yield torch.randint(0, 64, (1, length), generator=g)
+
+
+def test_greedy_equals_plain_greedy_on_many_prompts():
+    kept_some = 0
+    for i, prompt in enumerate(prompts(10)):
+        plain = generate(TARGET, prompt, 24, temperature=0, compile=False)
+        assert torch.equal(generate(TARGET, prompt, 24, temperature=0, draft_model=DRAFT), plain)
+        assert torch.equal(generate(TARGET, prompt, 24, temperature=0, prompt_lookup=3), plain)
+        if i < 2:  # the target as its own draft: every guess is kept
+            assert torch.equal(generate(TARGET, prompt, 24, temperature=0, draft_model=TARGET), plain)
+        kept_some += len(set(plain[0, prompt.shape[1]:].tolist())) > 3
+    assert kept_some >= 8, "a meaningful comparison needs varied continuations"
+
+
+def test_eos_stop_strings_and_streaming_match_plain_decoding():
+    prompt = next(prompts(1))
+    plain = generate(TARGET, prompt, 30, temperature=0, compile=False)
+    eos = int(plain[0, prompt.shape[1] + 5])  # a token the continuation reaches
+    expected = generate(TARGET, prompt, 30, temperature=0, eos_token_id=eos, compile=False)
+    got = generate(TARGET, prompt, 30, temperature=0, eos_token_id=eos, draft_model=DRAFT)
+    assert torch.equal(got, expected) and got.shape[1] < plain.shape[1]
+    streamed = list(generate(TARGET, prompt, 30, temperature=0, prompt_lookup=2, stream=True))
+    assert torch.equal(torch.cat(streamed), plain[0, prompt.shape[1]:])
+    # sampling with a seed is reproducible
+    a = generate(TARGET, prompt, 20, temperature=0.9, seed=3, draft_model=DRAFT)
+    assert torch.equal(a, generate(TARGET, prompt, 20, temperature=0.9, seed=3, draft_model=DRAFT))
+
+
+def _chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's test of observed counts against expected probabilities (cells with mass only)."""
+    expected = probs * counts.sum()
+    used = expected > 0
+    assert counts[~used].sum() == 0, "a token the distribution cannot produce was drawn"
+    stat = ((counts[used] - expected[used]) ** 2 / expected[used]).sum()
+    dof = int(used.sum()) - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64), stat.double() / 2))
+
+
+@pytest.mark.parametrize("draft_kind", ["model", "point mass"])
+def test_acceptance_rule_reproduces_the_target_distribution(draft_kind):
+    """With position-wise fixed target distributions p_0, p_1 the first two emitted tokens must be
+    independent draws from p_0 and p_1, whatever the draft distribution q."""
+    V, k, n = 5, 2, 3000
+    g = torch.Generator().manual_seed(0)
+    target_logits = torch.randn(k + 1, V, generator=g) * 1.5
+    draft_logits = torch.randn(k, V, generator=g) * 1.5
+    opts = GenerationOptions(max_new_tokens=k + 1, temperature=0.8, top_k=4)
+    chooser = _Chooser(opts, V, torch.Generator().manual_seed(1))
+    p = chooser.probs(target_logits)
+    q = chooser.probs(draft_logits)
+    counts = torch.zeros(V * V)
+    for _ in range(n):
+        if draft_kind == "model":
+            drafts = torch.multinomial(q, 1, generator=chooser.generator).view(k)
+            kept, own = accept(target_logits, drafts, q, chooser)
+        else:  # prompt lookup: a fixed guess
+            drafts = torch.tensor([1, 3])
+            kept, own = accept(target_logits, drafts, None, chooser)
+        emitted = torch.cat([drafts[:kept], own])
+        if emitted.shape[0] >= 2:
+            counts[emitted[0] * V + emitted[1]] += 1
+        else:  # first guess rejected: the second token comes from the next round, drawn from p_1 there
+            kept2, own2 = accept(target_logits[1:], drafts[1:], None if draft_kind != "model" else q[1:], chooser)
+            second = drafts[1] if kept2 else own2[0]
+            counts[emitted[0] * V + second] += 1
+    joint = (p[0][:, None] * p[1][None, :]).flatten()
+    assert _chi_square_p_value(counts, joint) > 1e-3
+
+
+def test_sampled_first_token_follows_the_model():
+    """End to end: the first sampled token with prompt lookup has the model's own distribution."""
+    target = model(2, d_model=32, n_layer=1, vocab=6, init_std=0.5)
+    prompt = torch.tensor([[1, 2, 3, 1, 2]])  # "1 2" repeats, so lookup guesses 3
+    with torch.no_grad():
+        probs = (target(prompt)[0, -1] / 0.9).softmax(-1)
+    counts = torch.zeros(6)
+    for seed in range(300):
+        token = generate(target, prompt, 1, temperature=0.9, seed=seed, prompt_lookup=2)[0, -1]
+        counts[token] += 1
+    assert _chi_square_p_value(counts, probs) > 1e-3
+
+
+def test_bad_speculative_input_is_one_line():
+    prompt = torch.tensor([[1, 2, 3]])
+    other_vocab = model(3, d_model=32, n_layer=1, vocab=50)
+    with pytest.raises(DecoderLMError, match="vocabulary"):
+        generate(TARGET, prompt, 5, draft_model=other_vocab)
+    with pytest.raises(DecoderLMError, match="one prompt at a time"):
+        generate(TARGET, prompt.repeat(2, 1), 5, prompt_lookup=2)
+    with pytest.raises(DecoderLMError, match="N >= 1"):
+        generate(TARGET, prompt, 5, prompt_lookup=0)
+    with pytest.raises(DecoderLMError, match="repetition penalty"):
+        generate(TARGET, prompt, 5, prompt_lookup=2, repetition_penalty=1.2)
+    with pytest.raises(DecoderLMError, match="context window"):
+        generate(TARGET, prompt, 95, prompt_lookup=2)
