@@ -90,11 +90,20 @@ def run(quick: bool = False, dtype=torch.bfloat16) -> list[dict]:
                          "agreement with transformers dynamic (bf16)":
                              _agreement(outputs[name], outputs["transformers dynamic"]),
                          "extra peak MB": memory[name]})
+    rows += _fast_decoding_rows(quick)
     for name, rate in prefill.items():
         rows.append({"suite": "generate", "batch": 1, "contender": f"{name} prefill (256 tokens)",
                      "dtype": str(dtype)[6:], "new tok/s": rate,
                      "vs transformers dynamic": rate / prefill["transformers"]})
     return rows
+
+
+def _fast_decoding_rows(quick: bool) -> list[dict]:
+    """The default path, quantized weights and speculative decoding: each its own table."""
+    from decoderlm.bench import decode_default, decode_quantized, decode_speculative
+
+    return (decode_default.run(quick) + decode_quantized.speed_rows(quick) + decode_quantized.quality_rows(quick)
+            + decode_speculative.run(quick))
 
 
 def extra_peak_memory_mb(fn) -> float:

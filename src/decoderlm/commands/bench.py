@@ -41,11 +41,15 @@ def bench(args) -> int:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)
         rows = module.run(quick=args.quick)
-        measured = [r for r in rows if "check" not in r]
+        measured = [r for r in rows if "check" not in r and "table" not in r]
         checks = [r for r in rows if "check" in r]
         print(markdown_table(measured, module.COLUMNS), flush=True)
         if checks:  # correctness checks that ride along with a suite, in a table of their own
             print("\n" + markdown_table(checks, list(checks[0])[1:]), flush=True)
+        for table in dict.fromkeys(r["table"] for r in rows if "table" in r):  # further tables, in order
+            own = [r for r in rows if r.get("table") == table]
+            columns = list(dict.fromkeys(k for r in own for k in r if k not in ("suite", "table")))
+            print(f"\n### {table}\n\n" + markdown_table(own, columns), flush=True)
         results[name] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")

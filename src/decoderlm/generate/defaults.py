@@ -5,7 +5,7 @@ inductor's on-disk cache holds the graph; it then saves several milliseconds per
 compile=None (the default) `generate` compiles when
   * the step is already compiled for this model in this process (free), or
   * it was compiled before on this machine for the same model shape, dtype and cache length (a
-    marker file beside inductor's cache says so) and at least WARM_MIN_TOKENS new tokens are asked, or
+    marker file in inductor's cache directory says so) and at least WARM_MIN_TOKENS new tokens are asked, or
   * at least COLD_MIN_TOKENS new tokens are asked (long enough to pay even a cold compile).
 Beam search, and devices where torch.compile cannot run, stay eager. compile=False never compiles,
 compile=True always does. The API never changes the caller's model dtype: the command line (and
@@ -71,7 +71,7 @@ def _marker(model, shape: tuple[int, int]) -> Path:
     key = json.dumps([torch.__version__, repr(model.config), str(p.dtype), p.device.type, list(shape),
                       None if quantization is None else quantization.label], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).parent / "compiled" / digest
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "decoderlm-compiled" / digest
 
 
 def default_dtype(device: torch.device | str | None) -> torch.dtype:
