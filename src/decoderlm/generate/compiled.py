@@ -28,8 +28,9 @@ def _decode_step(model, token, start, cache, attention_mask, position_ids):
 
 
 def _weights_version(model) -> tuple[int, ...]:
-    # Buffers too: quantized layers keep their weights in buffers.
-    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
+    # Saved buffers too (quantized layers keep their weights there), but not caches such as the
+    # rotary tables, which change as they grow without changing what the model computes.
+    return tuple(t._version for t in model.state_dict(keep_vars=True).values())
 
 
 def is_compiled(model, fn=_decode_step) -> bool:
@@ -54,6 +55,9 @@ def compiled_step(model, fn=_decode_step):
             # so only a reset guarantees the old graph is not reused.
             torch.compiler.reset()
         use_persistent_cache()
+        # Every model (and cache shape) is one more entry in the cache of fn's code object; past
+        # torch's default of 8 entries dynamo would silently fall back to eager.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         step = torch.compile(fn, fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
         entry = (version, step)
         entries[fn.__name__] = entry

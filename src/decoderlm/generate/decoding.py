@@ -128,6 +128,9 @@ class Sequences:
         start = self.filled
         token = self.seq[:, self.length - 1:self.length]  # (B, 1)
         if self.step is not None:
+            # A fresh (B, 1) tensor: the view's strides depend on the generation's length, and the
+            # compiled step's guards would recompile for every new length.
+            token = token.clone(memory_format=torch.contiguous_format)
             logits = self.step(token, torch.tensor(start, device=token.device), self.cache, self._static_mask(),
                                self.next_pos)
             self.filled += 1
