@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from decoderlm import DecoderLM, DecoderLMError, ModelConfig
+from decoderlm.compile_support import can_compile
 from decoderlm.generate import generate
 from decoderlm.generate.options import GenerationOptions
 from decoderlm.generate.speculative import _Chooser, accept
@@ -122,3 +123,11 @@ def test_bad_speculative_input_is_one_line():
         generate(TARGET, prompt, 5, prompt_lookup=2, repetition_penalty=1.2)
     with pytest.raises(DecoderLMError, match="context window"):
         generate(TARGET, prompt, 95, prompt_lookup=2)
+
+
+@pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
+def test_compiled_draft_and_verification_steps_decode_the_same_tokens():
+    prompt = next(prompts(1))
+    plain = generate(TARGET, prompt, 20, temperature=0, compile=False)
+    assert torch.equal(generate(TARGET, prompt, 20, temperature=0, draft_model=DRAFT, compile=True), plain)
+    assert torch.equal(generate(TARGET, prompt, 20, temperature=0, prompt_lookup=4, compile=True), plain)

@@ -84,7 +84,8 @@ def check_speculative(opts: GenerationOptions, batch: int, draft_model, prompt_l
 
 
 def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, draft_model=None,
-                       prompt_lookup: int | None = None, compiled: bool = False, stop_fn=None) -> Iterator[torch.Tensor]:
+                       prompt_lookup: int | None = None, compiled: bool = False,
+                       stop_fn=None) -> Iterator[torch.Tensor]:
     """Yield the new tokens (each (1,)) of one prompt (1, P)."""
     k = prompt_lookup or DEFAULT_DRAFT_TOKENS
     P = prompt.shape[1]
