@@ -12,9 +12,10 @@ from decoderlm.generate.beam import beam_search
 from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
 from decoderlm.generate.defaults import announce_compile, choose_compile, static_cache_length
+from decoderlm.generate.model_calls import verify_logits
 from decoderlm.generate.options import GenerationOptions, eos_tuple
 from decoderlm.generate.sampling import StopFn, sample_steps
-from decoderlm.generate.speculative import check_speculative, speculative_tokens
+from decoderlm.generate.speculative import check_speculative, speculative_cache_length, speculative_tokens
 
 
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
@@ -101,7 +102,12 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     check_speculative(opts, prompt.shape[0], draft_model, prompt_lookup, model)
     if mask is not None:
         prompt = prompt[:, mask[0].bool()]
-    compile = bool(compile)  # not automatic here: the draft and verification steps compile separately
+    # The draft and verification steps are graphs of their own, so their on-disk marker is too.
+    kind = "lookup" if draft_model is None else f"draft {draft_model.config!r} {draft_model.tok_emb.weight.dtype}"
+    shape = (1, speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model))
+    compile = choose_compile(compile, model, opts.max_new_tokens, shape, kind=kind)
+    if compile and not is_compiled(model, verify_logits):
+        announce_compile(model, shape, kind)
 
     def tokens():
         with _eval_mode(model), _eval_mode(draft_model if draft_model is not None else model):

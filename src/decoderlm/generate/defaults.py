@@ -33,9 +33,11 @@ def static_cache_length(window: int, needed: int) -> int:
     return min(window, -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET)
 
 
-def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[int, int], num_beams: int = 1) -> bool:
+def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[int, int], num_beams: int = 1,
+                   kind: str = "step") -> bool:
     """Resolve compile=None (auto) as described above; True/False are returned as given.
-    shape: (batch size, static cache length), which with the model determine the compiled graph."""
+    shape: (batch size, static cache length), which with the model and `kind` (which compiled
+    functions: the plain step, or speculative decoding's with its draft) determine the graphs."""
     if compile is not None:
         return bool(compile)
     device = model.tok_emb.weight.device
@@ -43,16 +45,16 @@ def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[in
         return False
     from decoderlm.generate.compiled import is_compiled
 
-    if is_compiled(model):
+    if kind == "step" and is_compiled(model):
         return True
     if new_tokens >= COLD_MIN_TOKENS:
         return True
-    return new_tokens >= WARM_MIN_TOKENS and _marker(model, shape).is_file()
+    return new_tokens >= WARM_MIN_TOKENS and _marker(model, shape, kind).is_file()
 
 
-def announce_compile(model, shape: tuple[int, int]) -> None:
+def announce_compile(model, shape: tuple[int, int], kind: str = "step") -> None:
     """The one line shown before compiling; records that this shape is now in the on-disk cache."""
-    marker = _marker(model, shape)
+    marker = _marker(model, shape, kind)
     how = "a few seconds, cached" if marker.is_file() else "about a minute the first time, then cached on disk"
     print(f"decoderlm: compiling the decoding step ({how}; compile=False / --no-compile skips it)",
           file=sys.stderr, flush=True)
@@ -63,12 +65,12 @@ def announce_compile(model, shape: tuple[int, int]) -> None:
         pass
 
 
-def _marker(model, shape: tuple[int, int]) -> Path:
+def _marker(model, shape: tuple[int, int], kind: str) -> Path:
     """A file named after what determines the compiled graph: torch, model config, dtype, layers."""
     use_persistent_cache()
     p = model.tok_emb.weight
     quantization = getattr(model, "quantization", None)
-    key = json.dumps([torch.__version__, repr(model.config), str(p.dtype), p.device.type, list(shape),
+    key = json.dumps([torch.__version__, kind, repr(model.config), str(p.dtype), p.device.type, list(shape),
                       None if quantization is None else quantization.label], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "decoderlm-compiled" / digest

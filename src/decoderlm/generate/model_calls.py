@@ -13,7 +13,7 @@ import torch
 from decoderlm.generate.compiled import _decode_step, compiled_step
 
 
-def _verify_logits(model, tokens, start, cache):
+def verify_logits(model, tokens, start, cache):
     """(1, T) tokens at positions start.. (a tensor) -> float32 logits (T, V) at every position."""
     hidden, _ = model.hidden_states(tokens, cache=cache, start=start)
     return model.lm_head(hidden[0]).float()
@@ -26,7 +26,7 @@ class StaticCacheRunner:
         self.filled = 0  # positions 0..filled-1 hold keys/values of the final text
         self.device = model.tok_emb.weight.device
         self._step = compiled_step(model) if compiled else (lambda *args: _decode_step(model, *args))
-        self._verify = compiled_step(model, _verify_logits) if compiled else (lambda *a: _verify_logits(model, *a))
+        self._verify = compiled_step(model, verify_logits) if compiled else (lambda *a: verify_logits(model, *a))
 
     def _start(self) -> torch.Tensor:
         return torch.tensor(self.filled, device=self.device)
@@ -34,7 +34,7 @@ class StaticCacheRunner:
     def prefill(self, tokens: torch.Tensor) -> None:
         """(n,) tokens at positions 0..n-1 (eager: prompts differ in length)."""
         if tokens.shape[0]:
-            _verify_logits(self.model, tokens.view(1, -1), self._start(), self.cache)
+            verify_logits(self.model, tokens.view(1, -1), self._start(), self.cache)
             self.filled = tokens.shape[0]
 
     def step(self, token: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
     """Yield the new tokens (each (1,)) of one prompt (1, P)."""
     k = prompt_lookup or DEFAULT_DRAFT_TOKENS
     P = prompt.shape[1]
-    max_len = _cache_length(model, P, opts.max_new_tokens, k, draft_model)
+    max_len = speculative_cache_length(model, P, opts.max_new_tokens, prompt_lookup, draft_model)
     seq = torch.empty(P + opts.max_new_tokens + k, dtype=torch.long, device=prompt.device)
     seq[:P] = prompt[0]
     target = StaticCacheRunner(model, max_len, compiled)
@@ -118,8 +118,9 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
                 return
 
 
-def _cache_length(model, prompt_len: int, max_new_tokens: int, k: int, draft_model) -> int:
+def speculative_cache_length(model, prompt_len: int, max_new_tokens: int, prompt_lookup, draft_model) -> int:
     """Positions the static caches need (rounded up to 64 so a compiled step serves nearby lengths)."""
+    k = prompt_lookup or DEFAULT_DRAFT_TOKENS
     need = prompt_len + max_new_tokens + k
     window = min(model.config.max_seq_len,
                  draft_model.config.max_seq_len if draft_model is not None else model.config.max_seq_len)
