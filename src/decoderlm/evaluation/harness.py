@@ -50,17 +50,65 @@ def parse_limit(text) -> int | float | None:
 
 
 def task_manager(names: list[str], include_path: str | None):
-    """lm-eval's TaskManager. Scanning lm-eval's own ~15,000 task configs takes seconds, so when every
-    requested name is found under --include-path, only that directory is indexed."""
+    """lm-eval's TaskManager. Indexing lm-eval's own ~14,000 task configs takes many seconds, so when
+    every requested name is found under --include-path only that directory is indexed, and a name
+    that no task file even mentions is refused before any indexing."""
     from lm_eval.tasks import TaskManager
 
+    roots = [builtin_tasks_dir()]
     if include_path is not None:
         if not Path(include_path).is_dir():
             raise DecoderLMError(f"--include-path {include_path} is not a directory")
         local = TaskManager(include_path=include_path, include_defaults=False)
-        if all(local.match_tasks([name]) for name in names):
+        missing = [name for name in names if not local.match_tasks([name])]
+        if not missing:
             return local
+        check_task_yaml(Path(include_path), missing)
+        roots.append(Path(include_path))
+    unknown = unmentioned(names, roots)
+    if unknown:
+        raise DecoderLMError(f"unknown lm-eval task(s): {', '.join(unknown)} (check the name, or give "
+                             f"--include-path DIR with its YAML)")
     return TaskManager(include_path=include_path)
+
+
+def builtin_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def unmentioned(names: list[str], roots: list[Path]) -> list[str]:
+    """Names that appear in no task YAML text under `roots` (so no task, group or tag has them).
+    Reading the files takes a fraction of the time lm-eval needs to parse and index them."""
+    candidates = {name for name in names if not any(c in name for c in "*?[") and not Path(name).is_file()}
+    for root in roots:
+        for path in root.rglob("*.yaml"):
+            if not candidates:
+                return []
+            text = path.read_bytes()
+            candidates = {name for name in candidates if name.encode() not in text}
+    return [name for name in names if name in candidates]
+
+
+def check_task_yaml(directory: Path, names: list[str]) -> None:
+    """lm-eval skips task YAML it cannot parse without a word, and the task then looks unknown: name
+    the file instead when one that mentions a missing task does not parse."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # lm-eval's own tags (!function ...) need not resolve to check syntax
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    for path in sorted(directory.rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if not any(name in text for name in names):
+            continue
+        try:
+            yaml.load(text, Loader=Loader)
+        except yaml.YAMLError as err:
+            reason = " ".join(str(err).split())
+            raise DecoderLMError(f"task file {path} does not load: {reason}") from None
 
 
 def load_tasks(manager, names: list[str]) -> dict:

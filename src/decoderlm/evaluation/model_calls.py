@@ -14,9 +14,13 @@ def model_device(model) -> torch.device:
 
 @torch.inference_mode()
 def forward_logits(model, idx: torch.Tensor) -> torch.Tensor:
-    """(B, T) ids -> float32 logits (B, T, V), dropout off (the model is left in eval mode)."""
+    """(B, T) ids -> float32 logits (B, T, V), with dropout off; the caller's train/eval mode comes back."""
+    was_training = model.training
     model.eval()
-    return model(idx.to(model_device(model))).float()
+    try:
+        return model(idx.to(model_device(model))).float()
+    finally:
+        model.train(was_training)
 
 
 def stream_tokens(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, *, eos_token_id,
