@@ -37,7 +37,8 @@ def register(sub):
     p.add_argument("--device", default=None, help="cpu (default), cuda, mps ...")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--no-save", action="store_true", help="do not write the results into the run's eval.json")
+    p.add_argument("--no-save", action="store_true",
+                   help="do not write the results into the run's eval.json (a Hugging Face directory is never written)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=eval_command)
 

@@ -13,6 +13,8 @@ rolling-window and generation-kwargs utilities), so requests are cut exactly as 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
@@ -37,7 +39,7 @@ class DecoderLMEval(TemplateLM):
                  max_length: int | None = None, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, **_ignored):
         super().__init__()
         lm = pretrained
-        if isinstance(pretrained, str):
+        if isinstance(pretrained, (str, os.PathLike)):
             import decoderlm
 
             lm = decoderlm.load(pretrained, device=device, dtype=dtype)
@@ -47,9 +49,14 @@ class DecoderLMEval(TemplateLM):
         self.lm, self.model, self.tokenizer = lm, lm.model, lm.tokenizer
         self._batch_size = _whole_number("batch_size", batch_size)
         self.max_length = _whole_number("max_length", max_length or lm.config.max_seq_len)
+        if self.max_length > lm.config.max_seq_len:
+            raise DecoderLMError(f"max_length {self.max_length} exceeds the model's context of "
+                                 f"{lm.config.max_seq_len} tokens")
         self.max_gen_toks = _whole_number("max_gen_toks", max_gen_toks)
         self._template = read_chat_template(lm.path)
         self._template_tokens = special_tokens(lm.path)
+        if not self._template_tokens["eos_token"] and self.tokenizer.eos_id is not None:
+            self._template_tokens["eos_token"] = self.tokenizer.decode([self.tokenizer.eos_id])
 
     # -- what lm-eval asks of every model -----------------------------------------------------------
     @property

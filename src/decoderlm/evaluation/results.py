@@ -1,13 +1,12 @@
 """eval.json in a run directory: the latest score of each text source and each lm-eval task.
 
-Layout: {"text": {SOURCES: {loss, perplexity, bits_per_byte, ...}},
-         "tasks": {TASK: {METRIC: value, ..., "num_fewshot": k, "limit": n}}}
+Layout: {"text": {SOURCES: {loss, perplexity, bits_per_byte, tokens, bytes, block_size, stride, ...}},
+         "tasks": {TASK: {METRIC: value, METRIC_stderr: value, ..., "num_fewshot": k, "samples": n}}}
 Re-running an evaluation replaces its entry and keeps the others.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -49,11 +48,9 @@ def format_eval_results(results: dict) -> str:
     for name, metrics in sorted((results.get("tasks") or {}).items()):
         shown = ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()
                           if isinstance(value, (int, float)) and not isinstance(value, bool)
-                          and key not in ("num_fewshot", "limit", "samples"))
+                          and key not in ("num_fewshot", "samples") and "_stderr" not in key)
         setting = f" ({metrics.get('num_fewshot', 0)}-shot, {metrics.get('samples', '?')} samples)"
         lines.append(f"  task {name}: {shown}{setting}")
     return "\n".join(lines)
 
 
-def dumps(data) -> str:
-    return json.dumps(data, indent=2, default=str)
