@@ -4,16 +4,24 @@ written into a temp directory, so nothing needs the network."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
-# Everything below runs offline: lm-eval and datasets must not try the Hub.
+# Everything below runs offline: lm-eval and datasets must not try the Hub, and the Arrow caches
+# `datasets` builds from the local task files go to a temp dir, not the user's cache. (Read when
+# datasets / huggingface_hub are first imported, so set here, before the test files import lm-eval.)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_DATASETS_CACHE = tempfile.mkdtemp(prefix="decoderlm-test-datasets-")
+atexit.register(shutil.rmtree, _DATASETS_CACHE, ignore_errors=True)
+os.environ.setdefault("HF_DATASETS_CACHE", _DATASETS_CACHE)
 
 WORDS = ("the cat dog sat on a mat red blue green one two three four five yes no apple pear river hill "
          "and was is to of in it").split()

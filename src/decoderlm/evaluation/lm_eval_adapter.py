@@ -107,9 +107,10 @@ class DecoderLMEval(TemplateLM):
         with tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm) as bar:
             for chunk in order.get_batched(n=self.batch_size):
                 inputs, lengths = self._right_padded(chunk)
-                log_probs = F.log_softmax(forward_logits(self.model, inputs), dim=-1)
-                for (key, context, continuation), row, length in zip(chunk, log_probs, lengths):
-                    scored = row[length - len(continuation) : length].unsqueeze(0)  # (1, n, V)
+                logits = forward_logits(self.model, inputs)
+                for (key, context, continuation), row, length in zip(chunk, logits, lengths):
+                    # log-softmax over the continuation's positions only: contexts are most of the tokens
+                    scored = F.log_softmax(row[length - len(continuation) : length], dim=-1).unsqueeze(0)  # (1, n, V)
                     for key_i, cont_i, probs_i in order.get_cache(req_str=key, cxt_toks=context,
                                                                   cont_toks=continuation, logits=scored):
                         answer = _continuation_score(probs_i, cont_i)
