@@ -14,14 +14,15 @@ SUITES = {
     "generate": "decoderlm.bench.decode",
     "data": "decoderlm.bench.data_prep",
     "quality": "decoderlm.bench.quality",
+    "eval": "decoderlm.bench.eval",
 }
-ALL = ("train", "generate", "data")  # quality takes 2 x 10 minutes: ask for it by name
+ALL = ("train", "generate", "data", "eval")  # quality takes 2 x 10 minutes: ask for it by name
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="benchmark decoderlm against transformers (and nanoGPT's recipe)")
+    p = sub.add_parser("bench", help="benchmark decoderlm against transformers, lm-eval's HFLM and nanoGPT's recipe")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
-                   help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
+                   help="which measurement; 'all' = train, generate, data and eval (quality is separate: 20 min)")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=bench)

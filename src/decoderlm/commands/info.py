@@ -9,7 +9,8 @@ from decoderlm.config import get_recipe, preset_names
 
 
 def register(sub):
-    p = sub.add_parser("info", help="show a preset's or a checkpoint's configuration and parameter counts")
+    p = sub.add_parser("info", help="show a preset's or a checkpoint's configuration, parameter counts and "
+                                    "evaluation results")
     p.add_argument("target", help=f"a preset ({', '.join(preset_names())}), a run directory or a Hugging Face directory")
     p.set_defaults(func=info)
 
@@ -32,4 +33,18 @@ def info(args) -> int:
     print(title)
     print(json.dumps(config.to_dict(), indent=2))
     print(format_breakdown(parameter_breakdown(model)))
+    if Path(args.target).exists():
+        _print_evaluations(lm)
     return 0
+
+
+def _print_evaluations(lm) -> None:
+    """The scores `decoderlm eval` kept in a run directory's eval.json, if any."""
+    from decoderlm.evaluation.results import format_eval_results, read_eval_results
+
+    if lm.source_format != "native" or lm.path is None:
+        return
+    lines = format_eval_results(read_eval_results(lm.path))
+    if lines:
+        print("evaluations (eval.json):")
+        print(lines)
