@@ -104,7 +104,7 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     data = TokenData.open(prepare([str(tmp_path / "words.txt")], "word", tmp_path / "d", vocab_size=80_000,
                                   val_fraction=0.0, progress=False))
     assert data.meta["dtype"] == "uint32" and data.train.dtype == np.uint32 and data.meta["vocab_size"] > 65536
-    assert int(data.train.max()) > 65535 and data.tokenizer.decode(data.train[:-1].tolist()) == words
+    assert int(np.asarray(data.train).max()) > 65535 and data.tokenizer.decode(data.train[:-1].tolist()) == words
 
 
 def test_toy_data_is_exactly_the_two_sequences(tmp_path):
@@ -121,8 +121,9 @@ def test_token_data_refuses_missing_or_corrupt_directories(tmp_path):
     with pytest.raises(DecoderLMError, match="not a decoderlm data directory"):
         TokenData.open(tmp_path)
     out = prepare(["toy"], "toy", tmp_path / "toy", val_fraction=0.0, progress=False)
-    (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:-2])
-    with pytest.raises(DecoderLMError, match="train.bin is corrupt"):
+    shard = out / json.loads((out / "meta.json").read_text())["shards"]["train"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DecoderLMError, match=f"{shard.name} is corrupt"):
         TokenData.open(out)
     (out / "meta.json").write_text("{")
     with pytest.raises(DecoderLMError, match="meta.json is unreadable"):
