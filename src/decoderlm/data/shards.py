@@ -127,7 +127,10 @@ def _read_meta(directory: Path) -> dict:
 
 
 def _open_shard(directory: Path, entry: dict, dtype: np.dtype) -> np.ndarray:
-    path = directory / str(entry.get("file"))
+    name = str(entry.get("file"))
+    if Path(name).name != name or name.startswith("."):  # only files of the directory itself
+        raise DecoderLMError(f"{directory}/meta.json names a shard outside the directory ({name!r}): {_HINT} again")
+    path = directory / name
     expected = entry.get("tokens")
     size = path.stat().st_size if path.is_file() else None
     if size is None or not isinstance(expected, int) or size != expected * dtype.itemsize:
