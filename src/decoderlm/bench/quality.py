@@ -141,7 +141,7 @@ def run(quick: bool = False, budget_seconds: float | None = None, *, work_dir: P
         if any((root / f"run-{i}").exists() for i in range(len(contenders))):  # a stale run would mix in
             raise DecoderLMError(f"{root} already holds run-0/run-1 from an earlier run; give a new work_dir")
         datasets = [_prepare(recipe, root / f"data-{i}", max_docs) for i, (_, recipe) in enumerate(contenders)]
-        # The split depends only on the documents, seed and val_fraction (data/shards.split_documents),
+        # The split depends only on the documents, seed and val_fraction (data/splits.py),
         # never on the tokenizer; check that both really hold out the same plays.
         a, b = (d.meta for d in datasets)
         keys = ("val_documents", "val_bytes", "train_bytes", "seed", "val_fraction")
