@@ -13,9 +13,15 @@ openai = pytest.importorskip("openai")
 import decoderlm  # noqa: E402
 from decoderlm.cli import main  # noqa: E402
 from decoderlm.generate import complete  # noqa: E402
-from serve_support import CHATML, chat_template_file, running_server, tiny_run_dir  # noqa: E402
+from serve_support import CHATML, chat_template_file, one_torch_thread, running_server, tiny_run_dir  # noqa: E402
 
 MODEL = "tiny"  # the run directory's name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

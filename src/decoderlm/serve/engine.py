@@ -66,6 +66,7 @@ class EngineStats:
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
+    column_moves: int = 0  # compactions and right shifts of the rows in flight
 
 
 @dataclass
@@ -188,6 +189,7 @@ class Engine:
         if self._rows and shift:
             lowest = min(r.first for r in self._rows)
             self.runner.move_columns(len(self._rows), lowest, self._cur, lowest + shift)
+            self.stats.column_moves += 1
             for row in self._rows:
                 row.first += shift
         self._cur += shift
@@ -280,6 +282,7 @@ class Engine:
         lowest = min(r.first for r in self._rows)
         if lowest >= COMPACT_AT_LEAST and 2 * lowest >= self._cur:
             self.runner.move_columns(len(self._rows), lowest, self._cur, 0)
+            self.stats.column_moves += 1
             for row in self._rows:
                 row.first -= lowest
             self._cur -= lowest

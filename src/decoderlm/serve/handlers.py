@@ -218,15 +218,19 @@ async def respond(job: Job, ctx: ServeContext, request: Request) -> Response:
         return StreamingResponse(_stream(job, submission, ctx.lm.tokenizer), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     choices = [Choice() for _ in submission.sequences]
+    loop = asyncio.get_running_loop()
+    check_at = loop.time() + DISCONNECT_POLL_S
     while submission.open:
         try:
-            index, event = await submission.next(timeout=DISCONNECT_POLL_S)
+            index, event = await submission.next(timeout=max(0.0, check_at - loop.time()))
+            _gather(choices[index], event)
         except TimeoutError:
+            pass
+        if loop.time() >= check_at:
             if await request.is_disconnected():  # nobody to answer: stop generating
                 submission.cancel()
                 return Response(status_code=499)
-            continue
-        _gather(choices[index], event)
+            check_at = loop.time() + DISCONNECT_POLL_S
     failed = [c.error for c in choices if c.error]
     if failed:
         return error_response(500, failed[0])

@@ -42,6 +42,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def open_address_warning(host: str, api_key: str | None) -> str | None:
+    if is_loopback(host) or api_key is not None:
+        return None
+    return f"listening on {host} without --api-key: anyone who can reach this machine can use the model"
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket, opened before the model loads, so a taken port is reported at once."""
     if not 0 <= port <= 65535:
@@ -55,6 +61,7 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(2048)  # connections wait in the backlog while the model loads
     except OSError as err:
         sock.close()
         raise DecoderLMError(f"cannot listen on {host}:{port}: {err.strerror}") from None
@@ -65,9 +72,9 @@ def serve(lm, sock: socket.socket, *, host: str, api_key: str | None, **settings
     """Serve until interrupted (Ctrl-C / SIGTERM end it cleanly)."""
     import uvicorn
 
-    if not is_loopback(host) and api_key is None:
-        print(f"decoderlm serve: warning: listening on {host} without --api-key: anyone who can reach this "
-              "machine can use the model", file=sys.stderr, flush=True)
+    warning = open_address_warning(host, api_key)
+    if warning:
+        print(f"decoderlm serve: warning: {warning}", file=sys.stderr, flush=True)
     app, engine = build(lm, api_key=api_key, **settings)
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
