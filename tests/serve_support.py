@@ -7,10 +7,7 @@ import atexit
 import contextlib
 import functools
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import torch
@@ -66,31 +63,12 @@ def chat_template_file() -> Path:
 
 @contextlib.contextmanager
 def running_server(lm=None, **settings):
-    """Serve `lm` (default: the tiny model) on 127.0.0.1:<free port>; yields the base URL."""
-    import uvicorn
-
+    """Serve `lm` (default: the tiny model) on 127.0.0.1:<free port>; yields (base URL, engine)."""
     import decoderlm
-    from decoderlm.serve.server import build
+    from decoderlm.serve.server import running
 
-    lm = lm or decoderlm.load(tiny_run_dir())
-    app, engine = build(lm, **settings)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
-        engine.stop()
-        sock.close()
+    with running(lm or decoderlm.load(tiny_run_dir()), **settings) as served:
+        yield served
 
 
 @contextlib.contextmanager

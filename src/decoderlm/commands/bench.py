@@ -14,14 +14,16 @@ SUITES = {
     "generate": "decoderlm.bench.decode",
     "data": "decoderlm.bench.data_prep",
     "quality": "decoderlm.bench.quality",
+    "serve": "decoderlm.bench.serve",
 }
-ALL = ("train", "generate", "data")  # quality takes 2 x 10 minutes: ask for it by name
+ALL = ("train", "generate", "data")  # quality (2 x 10 minutes) and serve: ask for them by name
 
 
 def register(sub):
     p = sub.add_parser("bench", help="benchmark decoderlm against transformers (and nanoGPT's recipe)")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
-                   help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
+                   help="which measurement; 'all' = train, generate and data (quality: 20 min, and serve "
+                        "run separately)")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=bench)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 from decoderlm.errors import DecoderLMError
@@ -85,5 +88,30 @@ def serve(lm, sock: socket.socket, *, host: str, api_key: str | None, **settings
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="info", lifespan="off")).run(sockets=[sock])
     finally:
+        engine.stop()
+        sock.close()
+
+
+@contextlib.contextmanager
+def running(lm, *, log_level: str = "warning", **settings):
+    """Serve `lm` on 127.0.0.1:<a free port> in a background thread (for tests and benchmarks);
+    yields (base URL, engine) and shuts everything down afterwards."""
+    import uvicorn
+
+    app, engine = build(lm, **settings)
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="decoderlm-http", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", engine
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
         engine.stop()
         sock.close()
