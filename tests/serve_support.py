@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 CHATML = (
@@ -81,3 +82,12 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """The tiny model, loaded; torch runs on one thread while a test module uses it."""
+    import decoderlm
+
+    with one_torch_thread():
+        yield decoderlm.load(tiny_run_dir())

@@ -21,20 +21,14 @@ from decoderlm.cli import main  # noqa: E402
 from decoderlm.lm import LanguageModel  # noqa: E402
 from decoderlm.serve.schemas import Limits  # noqa: E402
 from decoderlm.serve.server import is_loopback, open_address_warning  # noqa: E402
-from serve_support import one_torch_thread, running_server, tiny_run_dir  # noqa: E402
+from serve_support import running_server, tiny_lm, tiny_run_dir  # noqa: E402,F401 (tiny_lm: a fixture)
 
 GOOD = {"prompt": "the quick", "max_tokens": 5, "temperature": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
-def lm():
-    return decoderlm.load(tiny_run_dir())
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")

@@ -10,23 +10,16 @@ import pytest
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 
-import decoderlm  # noqa: E402
 from decoderlm.cli import main  # noqa: E402
 from decoderlm.generate import complete  # noqa: E402
-from serve_support import CHATML, chat_template_file, one_torch_thread, running_server, tiny_run_dir  # noqa: E402
+from serve_support import CHATML, chat_template_file, running_server, tiny_lm, tiny_run_dir  # noqa: E402,F401 (tiny_lm: a fixture)
 
 MODEL = "tiny"  # the run directory's name
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
-def lm():
-    return decoderlm.load(tiny_run_dir())
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")

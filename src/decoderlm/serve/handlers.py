@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from fastapi import Request
@@ -56,7 +56,7 @@ class Job:
             for j in range(self.n):
                 params = self.params
                 if params.seed is not None and j:
-                    params = SamplingParams(**{**params.__dict__, "seed": params.seed + j})
+                    params = replace(params, seed=params.seed + j)
                 index = p * self.n + j
                 seqs.append(Sequence(prompt, max_tokens, params, lambda event, i=index: deliver(i, event),
                                      self.stop, self.ignore_eos))
