@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from decoderlm import DecoderLM, ModelConfig
+from decoderlm.compile_support import can_compile
 from decoderlm.data.tokenizers import train_tokenizer
 from decoderlm.generate import complete
 from decoderlm.lm import LanguageModel
@@ -119,3 +120,24 @@ def test_a_cancelled_sequence_stops_and_the_others_go_on(lm):
     engine.stop()
     assert got.text(0) == complete(lm, "the fox", max_new_tokens=30, temperature=0)[0].text
     assert len(got.events[1]) <= 3 and engine.stats.cancelled == 1
+
+
+@pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
+def test_compiled_decoding_gives_the_same_text(lm):
+    """--compile: one graph for all rows and columns (spare ones masked) decodes what eager decoding does."""
+    if lm.config.position != "rope":
+        pytest.skip("one position scheme is enough for the compiled path (it compiles for tens of seconds)")
+    tok = lm.tokenizer
+    engine = Engine(lm.model, tok, max_batch=2, compile=True).start()
+    got = Collector(3)
+    prompts = PROMPTS[:3]
+    for i in (1, 2):
+        got.after[(i - 1, 2)] = lambda i=i: engine.submit(
+            [Sequence(tok.encode(prompts[i]), 20, params_for(i), got.receiver(i))])
+    engine.submit([Sequence(tok.encode(prompts[0]), 20, params_for(0), got.receiver(0))])
+    got.wait()
+    engine.stop()
+    for i, prompt in enumerate(prompts):
+        p = params_for(i)
+        assert got.text(i) == complete(lm, prompt, max_new_tokens=20, temperature=p.temperature, top_k=p.top_k,
+                                       seed=p.seed)[0].text
