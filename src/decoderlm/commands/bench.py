@@ -15,16 +15,17 @@ SUITES = {
     "data": "decoderlm.bench.data_prep",
     "quality": "decoderlm.bench.quality",
     "eval": "decoderlm.bench.eval",
+    "serve": "decoderlm.bench.serve",
 }
-# quality (2 x 10 minutes) and data (corpora up to 1 GB, tens of minutes) are asked for by name
+# quality (2 x 10 minutes), data (corpora up to 1 GB, tens of minutes) and serve are asked for by name
 ALL = ("train", "generate", "eval")
 
 
 def register(sub):
     p = sub.add_parser("bench", help="benchmark decoderlm against transformers, lm-eval's HFLM and nanoGPT's recipe")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
-                   help="which measurement; 'all' = train, generate and eval (quality, 20 min, and data, up to "
-                        "1 GB corpora, are separate)")
+                   help="which measurement; 'all' = train, generate and eval (quality, 20 min, data, up to "
+                        "1 GB corpora, and serve run separately)")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     p.add_argument("--data-sizes", metavar="SIZES",
                    help="data suite: corpus sizes, comma-separated (default 100MB,500MB,1GB; --quick: 3MB,6MB)")
