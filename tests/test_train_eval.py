@@ -12,7 +12,6 @@ import torch
 from decoderlm import DecoderLM, DecoderLMError, get_recipe
 from decoderlm.data.samplers import RandomWindows
 from decoderlm.data.shards import TokenData, prepare
-from decoderlm.train import batches
 from decoderlm.train.loop import train
 from decoderlm.train.overrides import apply_overrides, parse_overrides
 from test_train_support import assert_same_weights, char_data, weights  # noqa: F401
@@ -62,7 +61,7 @@ def test_early_stopping_with_patience_2_keeps_best(tmp_path):
     model.eval()
     sampler = RandomWindows(data.val, 16, 8, seed=recipe.train.seed)
     with torch.no_grad():
-        losses = [model.loss(*sampler.next_batch())[1].item() for _ in range(2)]
+        losses = [model(*sampler.next_batch()).item() for _ in range(2)]
     assert sum(losses) / 2 == pytest.approx(result.best_val_loss, rel=1e-5)
     assert_same_weights(run / "model.safetensors", run / "checkpoints/best/model.safetensors")
     state = torch.load(run / "checkpoints/last/train_state.pt", weights_only=True)
@@ -76,17 +75,17 @@ def test_early_stopping_with_patience_2_keeps_best(tmp_path):
 def _poison(monkeypatch, bad_calls):
     """Make the loss NaN on the given (1-based) forward calls of training."""
     calls = {"n": 0}
-    original = batches.LossModule.forward
+    original = DecoderLM.forward
 
-    def forward(self, idx, targets):
-        total, ce = original(self, idx, targets)
-        if self.training:
+    def forward(self, idx, targets=None, **kwargs):
+        loss = original(self, idx, targets, **kwargs)
+        if self.training and targets is not None:
             calls["n"] += 1
             if calls["n"] in bad_calls:
-                return total * float("nan"), ce * float("nan")
-        return total, ce
+                return loss * float("nan")
+        return loss
 
-    monkeypatch.setattr(batches.LossModule, "forward", forward)
+    monkeypatch.setattr(DecoderLM, "forward", forward)
 
 
 def test_a_non_finite_step_is_skipped_and_counted(tmp_path, char_data, monkeypatch):
