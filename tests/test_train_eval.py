@@ -136,3 +136,22 @@ def test_optimizers_and_schedules_train(tmp_path, char_data, optimizer, schedule
     assert logged[-1]["loss"] < logged[0]["loss"]
     assert logged[-1]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 9 / 10)))
                                                      if schedule == "cosine" else 0.1 + 0.9 * (1 - 1 / 2)))
+
+
+def test_a_moe_run_logs_and_evaluates_the_cross_entropy_alone(tmp_path, char_data):
+    """The training loss adds the MoE balance term; what is logged and evaluated leaves it out."""
+    import torch.nn.functional as F
+
+    data = TokenData.open(char_data)
+    recipe = _recipe(data.meta["vocab_size"], max_steps=2, eval_every=2, eval_batches=1, batch_size=4)
+    recipe = recipe.replace(model=recipe.model.replace(ffn="moe", n_experts=4, experts_per_token=2,
+                                                       moe_aux_loss_coef=0.5))
+    result = train(recipe, data, tmp_path / "run", progress=False)
+    model = DecoderLM(recipe.model)
+    model.load_state_dict(weights(tmp_path / "run/model.safetensors"), strict=False)
+    x, y = RandomWindows(data.val, 16, 4, seed=recipe.train.seed).next_batch()
+    with torch.no_grad():
+        ce = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+        total = model(x, y).item()
+    assert total > ce + 0.4  # the balance loss (about 1 per layer) weighs in the training loss
+    assert result.best_val_loss == pytest.approx(ce, rel=1e-5)
