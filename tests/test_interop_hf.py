@@ -12,6 +12,7 @@ import torch
 
 import decoderlm
 from decoderlm import DecoderLM, DecoderLMError, ModelConfig
+from decoderlm.generate.inputs import causal_mask, padded_positions
 from decoderlm.lm import LanguageModel
 
 transformers = pytest.importorskip("transformers")
@@ -95,7 +96,7 @@ def test_load_matches_transformers(checkpoints, name):
         torch.testing.assert_close(lm.model(idx), ref, atol=ATOL, rtol=0)
 
         mask = _left_padding_mask()
-        ours = lm.model(idx, attention_mask=mask)
+        ours = lm.model(idx, attention_mask=causal_mask(SEQ, valid=mask), positions=padded_positions(mask))
     real = mask.bool()
     torch.testing.assert_close(ours[real], _hf_logits(hf_model, idx, mask)[real], atol=ATOL, rtol=0)
 

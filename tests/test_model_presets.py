@@ -55,7 +55,7 @@ def test_preset_forward_backward_and_info(name, capsys):
     idx = torch.randint(0, cfg.vocab_size, (2, min(8, cfg.max_seq_len)))
     logits = model(idx)
     assert logits.shape == (*idx.shape, cfg.vocab_size)
-    total, _ = model.loss(idx[:, :-1], idx[:, 1:])
+    total = model(idx[:, :-1], idx[:, 1:])
     total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert main(["info", name]) == 0

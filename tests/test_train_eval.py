@@ -12,7 +12,6 @@ import torch
 from decoderlm import DecoderLM, DecoderLMError, get_recipe
 from decoderlm.data.samplers import RandomWindows
 from decoderlm.data.shards import TokenData, prepare
-from decoderlm.train import batches
 from decoderlm.train.loop import train
 from decoderlm.train.overrides import apply_overrides, parse_overrides
 from test_train_support import assert_same_weights, char_data, weights  # noqa: F401
@@ -62,7 +61,7 @@ def test_early_stopping_with_patience_2_keeps_best(tmp_path):
     model.eval()
     sampler = RandomWindows(data.val, 16, 8, seed=recipe.train.seed)
     with torch.no_grad():
-        losses = [model.loss(*sampler.next_batch())[1].item() for _ in range(2)]
+        losses = [model(*sampler.next_batch()).item() for _ in range(2)]
     assert sum(losses) / 2 == pytest.approx(result.best_val_loss, rel=1e-5)
     assert_same_weights(run / "model.safetensors", run / "checkpoints/best/model.safetensors")
     state = torch.load(run / "checkpoints/last/train_state.pt", weights_only=True)
@@ -76,17 +75,17 @@ def test_early_stopping_with_patience_2_keeps_best(tmp_path):
 def _poison(monkeypatch, bad_calls):
     """Make the loss NaN on the given (1-based) forward calls of training."""
     calls = {"n": 0}
-    original = batches.LossModule.forward
+    original = DecoderLM.forward
 
-    def forward(self, idx, targets):
-        total, ce = original(self, idx, targets)
-        if self.training:
+    def forward(self, idx, targets=None, **kwargs):
+        loss = original(self, idx, targets, **kwargs)
+        if self.training and targets is not None:
             calls["n"] += 1
             if calls["n"] in bad_calls:
-                return total * float("nan"), ce * float("nan")
-        return total, ce
+                return loss * float("nan")
+        return loss
 
-    monkeypatch.setattr(batches.LossModule, "forward", forward)
+    monkeypatch.setattr(DecoderLM, "forward", forward)
 
 
 def test_a_non_finite_step_is_skipped_and_counted(tmp_path, char_data, monkeypatch):
@@ -137,3 +136,22 @@ def test_optimizers_and_schedules_train(tmp_path, char_data, optimizer, schedule
     assert logged[-1]["loss"] < logged[0]["loss"]
     assert logged[-1]["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi * 9 / 10)))
                                                      if schedule == "cosine" else 0.1 + 0.9 * (1 - 1 / 2)))
+
+
+def test_a_moe_run_logs_and_evaluates_the_cross_entropy_alone(tmp_path, char_data):
+    """The training loss adds the MoE balance term; what is logged and evaluated leaves it out."""
+    import torch.nn.functional as F
+
+    data = TokenData.open(char_data)
+    recipe = _recipe(data.meta["vocab_size"], max_steps=2, eval_every=2, eval_batches=1, batch_size=4)
+    recipe = recipe.replace(model=recipe.model.replace(ffn="moe", n_experts=4, experts_per_token=2,
+                                                       moe_aux_loss_coef=0.5))
+    result = train(recipe, data, tmp_path / "run", progress=False)
+    model = DecoderLM(recipe.model)
+    model.load_state_dict(weights(tmp_path / "run/model.safetensors"), strict=False)
+    x, y = RandomWindows(data.val, 16, 4, seed=recipe.train.seed).next_batch()
+    with torch.no_grad():
+        ce = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+        total = model(x, y).item()
+    assert total > ce + 0.4  # the balance loss (about 1 per layer) weighs in the training loss
+    assert result.best_val_loss == pytest.approx(ce, rel=1e-5)

@@ -37,7 +37,7 @@ def test_gradients_accumulate_in_float32():
     idx = torch.randint(0, 32, (2, 8))
     expected = None
     for half in (idx[:1], idx[1:]):
-        mw.compute.loss(half[:, :-1], half[:, 1:])[0].backward()
+        mw.compute(half[:, :-1], half[:, 1:]).backward()
         grads = [p.grad.float().clone() for p in mw.compute.parameters()]
         expected = grads if expected is None else [a + b for a, b in zip(expected, grads)]
         mw.collect_grads()
@@ -96,7 +96,7 @@ def test_trainer_trains_a_bf16_copy_by_default_on_cpu(tmp_path, char_data, setti
                             train=recipe.train.replace(dtype="bfloat16", master_weights=setting, max_steps=2,
                                                        eval_every=0, compile=False))
     trainer = Trainer(recipe, data, tmp_path / "run", progress=False)
-    trained = trainer.loss_module.model
+    trained = trainer.compute_model
     assert (trainer.master is not None) == expect_master
     assert next(trained.parameters()).dtype == (torch.bfloat16 if expect_master else torch.float32)
     assert next(trainer.model.parameters()).dtype == torch.float32

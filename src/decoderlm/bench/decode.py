@@ -55,7 +55,7 @@ def _prefill_rate(ours, hf, length: int = 256) -> dict[str, float]:
 
     def ours_prefill():
         with torch.inference_mode():
-            ours(ids, cache=ours.new_cache(1, length), start=0)
+            ours(ids, cache=ours.new_cache(1, length))
 
     def hf_prefill():
         with torch.inference_mode():

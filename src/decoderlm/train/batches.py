@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -48,17 +47,3 @@ def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, 
             out.append(MicroBatch(xs, ys, rows / total * world_size, rows))
     return out
 
-
-class LossModule(nn.Module):
-    """forward(idx, targets) -> (total loss, cross-entropy) of the wrapped DecoderLM.
-
-    DDP and FSDP hook a module's forward; the loss is a method of the model, so this one-line
-    module makes it the forward that they wrap (the model itself stays untouched).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx, targets):
-        return self.model.loss(idx, targets)

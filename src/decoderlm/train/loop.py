@@ -24,12 +24,13 @@ from decoderlm.compile_support import can_compile
 from decoderlm.config import Recipe
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
+from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
 from decoderlm.train import checkpoint, distributed
-from decoderlm.train.batches import LossModule, accumulation_steps, micro_batches
+from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.device import autocast, autocast_dtype
-from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
-                                     plot_losses, progress_bar)
+from decoderlm.train.metrics import PLOT_NAME, MetricsLog, plot_losses, progress_bar
+from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
 from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
 from decoderlm.train.schedule import horizon, lr_factor, parse_duration
@@ -83,13 +84,15 @@ class Trainer:
         self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
                        if use_master_weights(cfg.master_weights, self.amp, self.device, self.dist.enabled) else None)
-        compute_model = self.master.compute if self.master else model
+        self.compute_model = self.master.compute if self.master else model
+        if self.device.type == "cpu":  # faster layers, same weights and results (decoderlm.kernels)
+            apply_cpu_kernels(self.compute_model)
         self.autocast_dtype = None if self.master else self.amp  # a bf16 model needs no autocast
-        self.loss_module = distributed.wrap(LossModule(compute_model), self.dist, cfg.parallel)
-        self.forward = _maybe_compile(self.loss_module, cfg.compile, self.device, self.dist.is_main)
+        self.wrapped = distributed.wrap(self.compute_model, self.dist, cfg.parallel)
+        self.forward = _maybe_compile(self.wrapped, cfg.compile, self.device, self.dist.is_main)
         self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
         if saved is not None:
-            distributed.load_optimizer_state(self.loss_module, self.optimizer, saved["optimizer"], self.sharded)
+            distributed.load_optimizer_state(self.wrapped, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])
             _restore_rng(saved.get("rng"))
             if self.dist.is_main:  # the (possibly extended) recipe of the resumed run
@@ -123,8 +126,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         c, cfg, main = self.counters, self.cfg, self.dist.is_main
-        compute_dtype = "bfloat16" if self.amp == torch.bfloat16 else "float32"
-        peak = cfg.peak_flops or (measured_peak_flops(self.device.type, compute_dtype) if main else None)
+        peak = cfg.peak_flops or (peak_flops(self.device.type, self.amp or torch.float32) if main else None)
         meter = Throughput(self.flops_per_token, peak * self.dist.world_size if peak else None)  # global rate
         bar = progress_bar(self.total_steps, c["step"], self.progress and main)
         start, elapsed_before = time.perf_counter(), c["elapsed"]
@@ -181,11 +183,11 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(pieces):
             with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.autocast_dtype):
-                total, ce = self.forward(mb.x.to(self.device), mb.y.to(self.device))
-            (total * mb.weight).backward()
+                loss = self.forward(mb.x.to(self.device), mb.y.to(self.device))
+            (loss * mb.weight).backward()
             if self.master:
                 self.master.collect_grads()
-            loss_sum += ce.detach().float() * mb.weight / self.dist.world_size
+            loss_sum += self._cross_entropy(loss) * mb.weight / self.dist.world_size
         loss = distributed.all_reduce_sum(loss_sum, self.dist).item()
         grad_norm = self._clip()
         if math.isfinite(grad_norm) and math.isfinite(loss):
@@ -209,9 +211,13 @@ class Trainer:
         if not (skip and self.dist.enabled):
             return contextlib.nullcontext()
         if self.sharded:
-            self.loss_module.set_requires_gradient_sync(False)
-            return _restore_sync(self.loss_module)
-        return self.loss_module.no_sync()
+            self.wrapped.set_requires_gradient_sync(False)
+            return _restore_sync(self.wrapped)
+        return self.wrapped.no_sync()
+
+    def _cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
+        """What is logged and evaluated: the training loss less the MoE balance term."""
+        return (loss - self.compute_model.aux_loss()).detach().float()
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -229,16 +235,16 @@ class Trainer:
         cfg = self.cfg
         sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
-        self.loss_module.eval()
+        self.wrapped.eval()
         try:
             for _ in range(cfg.eval_batches):
                 x, y = sampler.next_batch()
                 for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
                     with autocast(self.device, self.autocast_dtype):
-                        _, ce = self.loss_module(mb.x.to(self.device), mb.y.to(self.device))
+                        ce = self._cross_entropy(self.wrapped(mb.x.to(self.device), mb.y.to(self.device)))
                     sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
         finally:
-            self.loss_module.train()
+            self.wrapped.train()
         sums = distributed.all_reduce_sum(sums, self.dist)
         return float(sums[0] / sums[1])
 
@@ -272,7 +278,7 @@ class Trainer:
             self.metrics.write(record)
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        state = distributed.full_model_state(self.model, self.loss_module, self.sharded)
+        state = distributed.full_model_state(self.model, self.wrapped, self.sharded)
         return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
     def _publish(self, weights: dict[str, torch.Tensor]) -> None:
@@ -282,7 +288,7 @@ class Trainer:
 
     def _save(self) -> None:
         weights = self._gather_weights()
-        optim_state = distributed.full_optimizer_state(self.loss_module, self.optimizer, self.sharded)
+        optim_state = distributed.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
         if self.dist.is_main:
             state = {"version": checkpoint.STATE_VERSION, **self.counters, "optimizer": optim_state,
                      "sampler": self.sampler.state_dict(), "rng": _rng_state(),

@@ -1,15 +1,11 @@
-"""What a run reports: metrics.jsonl, loss.png, the progress bar, and throughput / MFU estimates."""
+"""What a run reports: metrics.jsonl, loss.png and the progress bar (throughput and MFU: mfu.py)."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
-import time
 from pathlib import Path
-
-import torch
 
 from decoderlm.checkpoint_io import bytes_writer, write_file_atomic
 
@@ -83,60 +79,6 @@ def plot_losses(records: list[dict], out: Path, title: str = "") -> Path | None:
     plt.close(fig)
     os.replace(tmp, out)
     return out
-
-
-# -- throughput and model FLOPs utilisation ---------------------------------------------------------
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token, PaLM's estimate: 6 N (forward + backward matmuls over the weights
-    that multiply, i.e. without the embedding lookup and learned positions) plus 12 L H D T for
-    attention scores and values."""
-    config = model.config
-    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos_emb"))
-    if not config.tie_embeddings:
-        n -= model.tok_emb.weight.numel()  # a lookup, not a matmul (a tied one is the head's too)
-    return 6.0 * n + 12.0 * config.n_layer * config.n_head * config.head_dim * seq_len
-
-
-@functools.lru_cache(maxsize=None)
-def measured_peak_flops(device_type: str, dtype_name: str) -> float:
-    """The matmul throughput of this machine in `dtype`, measured once per process (~0.3 s): the
-    denominator of MFU where no datasheet peak is known. Cached, so it is paid once."""
-    dtype = getattr(torch, dtype_name)
-    device = torch.device(device_type)
-    n = 1024 if device_type == "cpu" else 4096
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    best, reps = float("inf"), 3
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best
-
-
-class Throughput:
-    """Tokens/s and MFU over the interval since the last report."""
-
-    def __init__(self, flops_per_token: float, peak_flops: float | None):
-        self.flops_per_token, self.peak = flops_per_token, peak_flops
-        self.reset()
-
-    def reset(self):
-        self.start, self.tokens = time.perf_counter(), 0
-
-    def add(self, tokens: int):
-        self.tokens += tokens
-
-    def report(self) -> tuple[float, float | None]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.tokens / elapsed
-        mfu = rate * self.flops_per_token / self.peak if self.peak else None
-        self.reset()
-        return rate, mfu
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
