@@ -44,7 +44,7 @@ def tiny_run_dir() -> Path:
         for _ in range(150):
             starts = torch.randint(0, len(data) - 49, (16,), generator=generator)
             batch = torch.stack([data[s:s + 49] for s in starts.tolist()])
-            loss, _ = model.loss(batch[:, :-1], batch[:, 1:])
+            loss = model(batch[:, :-1], batch[:, 1:])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -8,14 +8,17 @@ first column, so its tokens are embedded exactly as in a batch of one. With one 
 request joins by writing its prompt right-aligned to `cur`, and a finished row leaves by moving the
 last row into its place: no other row is touched.
 
-The model is called through its static-cache protocol (the write position a tensor, a padding mask
-over the columns attention sees); eager steps see only the columns in use, while the compiled step
-always sees all of them so that one graph serves every step.
+The model is called through its static-cache protocol (the cache's length, i.e. the write column, a
+tensor; a boolean attention mask over the columns attention sees, built by
+decoderlm.generate.inputs.causal_mask); eager steps see only the columns in use, while the compiled
+step always sees all of them so that one graph serves every step.
 """
 
 from __future__ import annotations
 
 import torch
+
+from decoderlm.generate.inputs import causal_mask, last_logits
 
 
 class _ColumnWindow:
@@ -24,16 +27,20 @@ class _ColumnWindow:
 
     static = True
 
-    def __init__(self, storage, rows: slice, width: int):
+    def __init__(self, storage, rows: slice, width: int, start: torch.Tensor):
         self.k = [k[rows, :, :width] for k in storage.k]
         self.v = [v[rows, :, :width] for v in storage.v]
         self.max_len = width
+        self.length = start  # the column the next token is written at
 
-    def update(self, layer: int, start: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        positions = start + torch.arange(k.shape[2], device=k.device)
-        self.k[layer].index_copy_(2, positions, k)
-        self.v[layer].index_copy_(2, positions, v)
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        columns = self.length + torch.arange(k.shape[2], device=k.device)
+        self.k[layer].index_copy_(2, columns, k)
+        self.v[layer].index_copy_(2, columns, v)
         return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        self.length = self.length + n
 
 
 class ModelRunner:
@@ -69,10 +76,10 @@ class ModelRunner:
         first_t = torch.tensor(first, device=self.device).unsqueeze(1)  # (k, 1)
         mask = torch.arange(width, device=self.device).unsqueeze(0) >= first_t  # (k, width)
         positions = (torch.arange(start, width, device=self.device).unsqueeze(0) - first_t).clamp(min=0)
-        window = _ColumnWindow(self.storage, slice(row0, row0 + k), width)
-        hidden, _ = self.model.hidden_states(ids, attention_mask=mask, position_ids=positions, cache=window,
-                                             start=torch.tensor(start, device=self.device))
-        return self.model.lm_head(hidden[:, -1]).float()
+        start_t = torch.tensor(start, device=self.device)
+        window = _ColumnWindow(self.storage, slice(row0, row0 + k), width, start_t)
+        return last_logits(self.model, ids, cache=window, positions=positions,
+                           attention_mask=causal_mask(T, width, start_t, mask))
 
     def decode(self, tokens: list[int], first: list[int], cur: int) -> torch.Tensor:
         """Rows 0..n-1 each feed one token, written at column `cur`."""
@@ -86,13 +93,13 @@ class ModelRunner:
         start = torch.tensor(cur, device=self.device)
         if self.step is not None:
             mask = torch.arange(self.columns, device=self.device).unsqueeze(0) >= first_t
-            return self.step(ids, start, self.storage, mask, positions)[:n].clone()
+            self.storage.length = start
+            return self.step(ids, self.storage, mask, positions)[:n].clone()
         width = cur + 1
         mask = torch.arange(width, device=self.device).unsqueeze(0) >= first_t
-        window = _ColumnWindow(self.storage, slice(0, n), width)
-        hidden, _ = self.model.hidden_states(ids, attention_mask=mask, position_ids=positions, cache=window,
-                                             start=start)
-        return self.model.lm_head(hidden[:, -1]).float()
+        window = _ColumnWindow(self.storage, slice(0, n), width, start)
+        return last_logits(self.model, ids, cache=window, positions=positions,
+                           attention_mask=causal_mask(1, width, start, mask))
 
     def move_row(self, src: int, dst: int, width: int) -> None:
         """Copy row src's columns [0, width) into row dst (a finished row's slot is reused)."""
