@@ -20,7 +20,9 @@ def register(sub):
     p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size for trained tokenizers (default 4096)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out (default 0.1)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/validation split")
-    p.add_argument("--mirror", help="base URL replacing https://www.gutenberg.org (or the TinyStories URL base)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="base URL replacing https://www.gutenberg.org (serving /ebooks/ID.txt.utf-8) or the "
+                        "TinyStories dataset URL (serving TinyStoriesV2-GPT4-train.txt and TinyStoriesV2-GPT4-valid.txt)")
     p.add_argument("--max-docs", type=int, help="at most this many documents per source")
     p.add_argument("--cache-dir", help="download cache (default: $DECODERLM_CACHE_DIR or the user cache dir)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -42,5 +44,14 @@ def prepare_command(args) -> int:
                       progress=not args.no_progress, cache_dir=args.cache_dir)
     meta = TokenData.open(out).meta
     print(f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-          f"({meta['train_documents']} + {meta['val_documents']} documents), {meta['tokenizer']} vocab {meta['vocab_size']:,}")
+          f"({_documents(meta)}), {meta['tokenizer']} vocab {meta['vocab_size']:,}")
     return 0
+
+
+def _documents(meta: dict) -> str:
+    """How the documents were split: whole documents held out, or each one cut into head and tail."""
+    if meta.get("split_unit") == "document tail":
+        count = sum(source["documents"] for source in meta["sources"])
+        held_out = f"{meta['val_fraction']:.0%}"
+        return f"{count} document{'s' if count != 1 else ''}, the last {held_out} of each held out"
+    return f"{meta['train_documents']} + {meta['val_documents']} documents"
