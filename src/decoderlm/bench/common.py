@@ -35,7 +35,7 @@ def matmul_peak(dtype: torch.dtype = torch.bfloat16, n: int = 4096, repeats: int
     """The best FLOP/s of a square matmul in `dtype` on this CPU, measured once per process: the
     ceiling against which MFU is reported. Best of several large products, since a shared virtual
     machine's speed wanders between runs."""
-    if dtype not in _PEAKS:
+    if dtype not in _PEAKS:  # a smaller `n` (quick runs) measures a lower, rougher peak
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         a @ b  # warm-up (kernel selection, page faults)
         best = min(_timed(lambda: a @ b) for _ in range(repeats))

@@ -22,7 +22,8 @@ def register(sub):
     p = sub.add_parser("bench", help="benchmark decoderlm against transformers (and nanoGPT's recipe)")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
                    help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run of a minute or two: small sizes, one repeat, no compiled models (not a measurement)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     p.set_defaults(func=bench)
 
@@ -37,6 +38,9 @@ def bench(args) -> int:
         raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.quick:
+        print("--quick: a smoke run (small sizes, one repeat, no compiled models or decode steps); "
+              "its numbers are not measurements")
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)
