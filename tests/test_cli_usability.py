@@ -18,7 +18,6 @@ import torch
 
 import decoderlm
 from decoderlm import DecoderLM, ModelConfig, get_recipe
-from decoderlm.commands.train import warmup_hint
 from decoderlm.data import download, gpt2_bpe
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.data.sources import iter_documents
@@ -74,6 +73,8 @@ def test_set_takes_several_values_after_one_flag_and_warns_of_a_long_warm_up(tmp
 
 
 def test_warmup_hint_for_steps_and_budgets():
+    from decoderlm.commands.train import warmup_hint
+
     gutenberg, quickstart = get_recipe("llama-gutenberg").train, get_recipe("shakespeare").train
     assert "more than 33.3 steps/s" in warmup_hint(gutenberg.replace(time_budget="60s"), 10**6)
     assert "all of it" in warmup_hint(gutenberg.replace(max_steps=100), 100)
