@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ class LanguageModel:
         """Write the model to `out_dir` (created if needed; files in it are replaced atomically).
 
         native: config.json (the full recipe) + model.safetensors + the tokenizer's own files.
-        hf: config.json + model.safetensors that transformers loads (plus tokenizer.json if any).
+        hf: config.json + model.safetensors that transformers loads, plus tokenizer.json and
+        tokenizer_config.json when there is a tokenizer.
         """
         if format not in FORMATS:
             raise DecoderLMError(f"unknown save format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -171,17 +171,17 @@ def _save_tokenizer(tokenizer, out: Path) -> None:
 
 def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
     """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
-    tokenizer_config.json naming its end and pad tokens, if the tokenizer writes a tokenizer.json;
-    other tokenizers (tiktoken's GPT-2, the toy one) are left out of a Hugging Face export."""
-    if tokenizer is None or not hasattr(tokenizer, "save"):
+    tokenizer_config.json naming its end and pad tokens. Every decoderlm tokenizer converts
+    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out."""
+    if tokenizer is None:
         return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(Path(tmp))
-        file = Path(tmp) / "tokenizer.json"
-        if not file.is_file():
-            return {}
-        files = {"tokenizer.json": file.read_bytes()}
-    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    to_hf = getattr(tokenizer, "to_hf", None)
+    if to_hf is None:
+        raise DecoderLMError(f"cannot write the tokenizer ({type(tokenizer).__name__}) in Hugging Face format: "
+                             f"it has no to_hf(); save with format='native' or without a tokenizer")
+    files = {"tokenizer.json": to_hf().to_str().encode()}
+    # clean_up_tokenization_spaces would change decoded text (" ." -> "."); decoderlm decodes as is.
+    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     for role in ("eos", "pad"):
         token_id = getattr(tokenizer, f"{role}_id", None)
         if token_id is not None:

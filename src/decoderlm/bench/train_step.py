@@ -61,10 +61,14 @@ def _decoderlm_step(model, dtype, compiled: bool, lr: float = 1e-4, weight_decay
     return step
 
 
-def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len: int = 256,
-        compile_modes=(False, True)) -> list[dict]:
+def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int | None = None, seq_len: int | None = None,
+        compile_modes=None) -> list[dict]:
+    """quick: a smoke run of every code path but compilation (each compile costs tens of seconds),
+    at the small size, batch 2 x 64 and one timed repeat: it checks that everything runs."""
     rows = []
+    batch_size, seq_len = batch_size or (2 if quick else 8), seq_len or (64 if quick else 256)
     sizes = ["4x256"] if quick else ["6x512", "4x256"]
+    compile_modes = compile_modes if compile_modes is not None else ((False,) if quick else (False, True))
     peak = peak_flops("cpu", dtype)
     for size_name in sizes:
         ours, hf = llama_pair(SIZES[size_name])
@@ -78,7 +82,7 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
             ours_step = _decoderlm_step(a, dtype, compiled)
             hf_step = _autocast_step(lambda x, y: _hf_loss(b, x, y), b.parameters(), dtype, compiled)
             runs = {"decoderlm": lambda: ours_step(x, y), "transformers": lambda: hf_step(x, y)}
-            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 8)
+            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=1 if quick else 8)
             tok_s = {k: batch_size * seq_len / median(v) for k, v in seconds.items()}
             rows.append({
                 "suite": "train", "size": size_name, "dtype": str(dtype).replace("torch.", ""),
@@ -88,7 +92,7 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
                 "decoderlm MFU": flops / median(seconds["decoderlm"]) / peak,
                 "matmul peak GFLOP/s": peak / 1e9,
             })
-    rows.append(bf16_loss_curve(steps=20 if quick else 50))
+    rows.append(bf16_loss_curve(steps=10, batch_size=2, seq_len=64) if quick else bf16_loss_curve(steps=50))
     return rows
 
 

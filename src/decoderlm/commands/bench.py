@@ -26,7 +26,8 @@ def register(sub):
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
                    help="which measurement; 'all' = train, generate and eval (quality, 20 min, data, up to "
                         "1 GB corpora, and serve run separately)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    p.add_argument("--quick", action="store_true", 
+                   help="a smoke run of a minute or two: small sizes, one repeat, no compiled models (not a measurement)")
     p.add_argument("--data-sizes", metavar="SIZES",
                    help="data suite: corpus sizes, comma-separated (default 100MB,500MB,1GB; --quick: 3MB,6MB)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -43,6 +44,9 @@ def bench(args) -> int:
         raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.quick:
+        print("--quick: a smoke run (small sizes, one repeat, no compiled models or decode steps); "
+              "its numbers are not measurements")
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)

@@ -2,16 +2,20 @@
 
 The models trained here are plain language models without a chat template, so the conversation is
 one growing text: every line you type is appended (with a newline) and the model continues it.
-Reads lines until end of input or /quit; /reset forgets the conversation.
+Reads lines until end of input (Ctrl-D) or /quit; /reset forgets the conversation. On a terminal,
+lines are edited and recalled with readline (arrow keys, history); Ctrl-C during a reply stops that
+reply and returns to the prompt, Ctrl-C at the prompt leaves.
 """
 
 from __future__ import annotations
 
 import sys
 
-from decoderlm.commands.generate import add_sampling_flags, load_model, one_line_warnings, sampling_kwargs
+from decoderlm.commands.generate import (add_sampling_flags, compile_notice, load_model, one_line_warnings,
+                                         sampling_kwargs)
 
-HELP = "type a line and press enter; /reset forgets the conversation, /quit (or end of input) leaves"
+HELP = ("type a line and press enter; Ctrl-C stops a reply; /reset forgets the conversation, "
+        "/quit or Ctrl-D leaves")
 
 
 def register(sub):
@@ -23,22 +27,20 @@ def register(sub):
 
 
 def chat_command(args) -> int:
-    from decoderlm.generate.text import stream_text
-
     lm = load_model(args)
     kwargs = sampling_kwargs(args)
     seed = kwargs.pop("seed")
     interactive = sys.stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401 - importing it gives input() line editing and history
+        except ImportError:  # not built on this platform (Windows): plain input() still works
+            pass
+
     print(f"decoderlm chat: {args.model}; {HELP}", file=sys.stderr, flush=True)
     history, turn = "", 0
     with one_line_warnings():
-        while True:
-            if interactive:
-                print("> ", end="", flush=True)
-            line = sys.stdin.readline()
-            if not line:  # end of input
-                break
-            line = line.rstrip("\r\n")
+        while (line := _read_line(interactive)) is not None:
             command = line.strip()
             if command in ("/quit", "/exit"):
                 break
@@ -48,14 +50,40 @@ def chat_command(args) -> int:
                 continue
             if not command:
                 continue
+            if turn == 0:
+                compile_notice(args)
             prompt = (history if not args.no_history else "") + line + "\n"
-            pieces = []
             turn_seed = None if seed is None else seed + turn  # reproducible, yet each turn differs
-            for piece in stream_text(lm, prompt, max_new_tokens=args.max_new_tokens, seed=turn_seed, **kwargs):
-                pieces.append(piece)
-                print(piece, end="", flush=True)
-            print(flush=True)
+            reply = _reply(lm, prompt, args.max_new_tokens, dict(kwargs, seed=turn_seed))
             turn += 1
-            reply = "".join(pieces)
             history = prompt + reply + ("" if reply.endswith("\n") else "\n")
     return 0
+
+
+def _read_line(interactive: bool) -> str | None:
+    """The next line typed (without its newline), or None to leave: end of input or Ctrl-C."""
+    try:
+        return input("> " if interactive else "")
+    except (EOFError, KeyboardInterrupt):
+        if interactive:
+            print(flush=True)  # leave the shell's prompt on a line of its own
+        return None
+
+
+def _reply(lm, prompt: str, max_new_tokens: int, kwargs: dict) -> str:
+    """Stream the model's continuation of `prompt`; Ctrl-C stops it. Returns the text shown."""
+    from decoderlm.generate.text import stream_text
+
+    pieces = []
+    stream = stream_text(lm, prompt, max_new_tokens=max_new_tokens, **kwargs)
+    try:
+        for piece in stream:
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+    except KeyboardInterrupt:
+        stream.close()  # ends generation (a no-op if the interrupt already ended it)
+        print(flush=True)
+        print("(reply stopped)", file=sys.stderr, flush=True)
+        return "".join(pieces)
+    print(flush=True)
+    return "".join(pieces)

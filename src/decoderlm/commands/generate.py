@@ -22,8 +22,9 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
                    help="drop tokens less likely than P times the most likely one")
     p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already present (1 = off, 1.1-1.3 typical)")
-    p.add_argument("--stop", nargs="+", action="extend", default=None, metavar="STR",
-                   help="end a completion at any of these strings (not included in the output)")
+    # One value per flag: with nargs="+", `--stop the RUN_DIR` would swallow the run directory.
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="end a completion at this string (not included in the output); repeat for several")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for reproducible samples")
     p.add_argument("--device", default=None, help="cpu (default), cuda, mps ...")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
@@ -35,7 +36,9 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
 def register(sub):
     p = sub.add_parser("generate", help="generate text from a run directory or a Hugging Face checkpoint")
     p.add_argument("model", metavar="RUN_OR_HF_DIR", help="a decoderlm run directory or a Hugging Face model directory")
-    p.add_argument("--prompt", default="", help="the text to continue (empty: start from the end-of-text token)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="the text to continue (empty: start from the end-of-text token); repeat to decode "
+                        "several prompts as one batch")
     add_sampling_flags(p, max_new_tokens=100, temperature=1.0)
     p.add_argument("--num-beams", type=int, default=1, metavar="B", help="beam search with B beams (deterministic)")
     p.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
@@ -76,35 +79,54 @@ def one_line_warnings():
         warnings.showwarning = shown
 
 
-def generate_command(args) -> int:
-    from decoderlm.generate.text import complete, stream_text
+def compile_notice(args) -> None:
+    """The compiled decode step takes a while to build: say so before the silence."""
+    if args.compile and getattr(args, "num_beams", 1) == 1:
+        print("decoderlm: compiling the decode step (once, ~1 min)...", file=sys.stderr, flush=True)
 
-    if args.stream and (args.num_samples != 1 or args.num_beams != 1 or args.json):
-        raise DecoderLMError("--stream prints one completion as it is generated: use it without "
-                             "--num-samples, --num-beams or --json")
+
+def generate_command(args) -> int:
+    from decoderlm.generate.text import complete
+
+    prompts = args.prompt or [""]
+    if args.stream and (args.num_samples != 1 or args.num_beams != 1 or args.json or len(prompts) > 1):
+        raise DecoderLMError("--stream prints one completion as it is generated: use it with one --prompt and "
+                             "without --num-samples, --num-beams or --json")
     lm = load_model(args)
     kwargs = sampling_kwargs(args)
+    compile_notice(args)
     with one_line_warnings():
         if args.stream:
-            print(args.prompt, end="", flush=True)
-            for piece in stream_text(lm, args.prompt, max_new_tokens=args.max_new_tokens, **kwargs):
-                print(piece, end="", flush=True)
-            print()
+            _stream(lm, prompts[0], args.max_new_tokens, kwargs)
             return 0
         kwargs.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
-        completions = complete(lm, args.prompt, max_new_tokens=args.max_new_tokens,
-                               num_samples=args.num_samples, **kwargs)
+        completions = complete(lm, prompts, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, **kwargs)
+    per_prompt = [completions[i * args.num_samples:(i + 1) * args.num_samples] for i in range(len(prompts))]
     if args.json:
-        prompt_ids = lm.tokenizer.encode(args.prompt) if args.prompt else []
-        print(json.dumps({
-            "prompt": args.prompt,
-            "prompt_token_ids": prompt_ids,
-            "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
-                            for c in completions],
-        }, ensure_ascii=False, indent=2))
+        results = [_json_result(lm, prompt, group) for prompt, group in zip(prompts, per_prompt)]
+        # One prompt: its object, as before; several: a list of them, in the order given.
+        print(json.dumps(results[0] if len(results) == 1 else results, ensure_ascii=False, indent=2))
         return 0
     for i, c in enumerate(completions):
         if i:
             print("-" * 40)
-        print(args.prompt + c.text)
+        print(c.prompt + c.text)
     return 0
+
+
+def _stream(lm, prompt: str, max_new_tokens: int, kwargs: dict) -> None:
+    from decoderlm.generate.text import stream_text
+
+    print(prompt, end="", flush=True)
+    for piece in stream_text(lm, prompt, max_new_tokens=max_new_tokens, **kwargs):
+        print(piece, end="", flush=True)
+    print()
+
+
+def _json_result(lm, prompt: str, completions) -> dict:
+    return {
+        "prompt": prompt,
+        "prompt_token_ids": lm.tokenizer.encode(prompt) if prompt else [],
+        "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                        for c in completions],
+    }

@@ -32,7 +32,9 @@ def register(sub):
                         "(e.g. 200MB; default: all of it)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of documents held out (default 0.1)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the train/validation split")
-    p.add_argument("--mirror", help="base URL replacing https://www.gutenberg.org (or the TinyStories URL base)")
+    p.add_argument("--mirror", metavar="URL",
+                   help="base URL replacing https://www.gutenberg.org (serving /ebooks/ID.txt.utf-8) or the "
+                        "TinyStories dataset URL (serving TinyStoriesV2-GPT4-train.txt and TinyStoriesV2-GPT4-valid.txt)")
     p.add_argument("--max-docs", type=int, help="at most this many documents per source")
     p.add_argument("--cache-dir", help="download cache (default: $DECODERLM_CACHE_DIR or the user cache dir)")
     p.add_argument("--processes", type=int, help="encoder processes (default: all cores)")
@@ -67,6 +69,15 @@ def summary(meta: dict, out, seconds: float) -> str:
     """One line: documents, tokens, text bytes, tokens per byte, time."""
     tokens, size = meta["train_tokens"] + meta["val_tokens"], meta["train_bytes"] + meta["val_bytes"]
     return (f"{out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-            f"({meta['train_documents']:,} + {meta['val_documents']:,} documents), {meta['tokenizer']} vocab "
+            f"({_documents(meta)}), {meta['tokenizer']} vocab "
             f"{meta['vocab_size']:,}; {size / 1e6:,.1f} MB of text, {tokens / max(size, 1):.3f} tokens/byte, "
             f"{seconds:,.1f} s ({size / 1e6 / max(seconds, 1e-9):,.2f} MB/s)")
+
+
+def _documents(meta: dict) -> str:
+    """How the documents were split: whole documents held out, or each one cut into head and tail."""
+    if meta.get("split_unit") == "document tail":
+        count = sum(source["documents"] for source in meta["sources"])
+        held_out = f"{meta['val_fraction']:.0%}"
+        return f"{count} document{'s' if count != 1 else ''}, the last {held_out} of each held out"
+    return f"{meta['train_documents']} + {meta['val_documents']} documents"

@@ -167,13 +167,19 @@ def _tinystories(split: str, *, mirror, max_docs, cache_dir) -> Iterator[Documen
     url = f"{(mirror or TINYSTORIES_BASE).rstrip('/')}/{name}"
     what = f"TinyStories {split} text"
     target = cache_root(cache_dir) / "tinystories" / name
-    if target.is_file() or max_docs is None:
-        fetch(url, target, what=what)
-        lines = _read_lines(target)
-    else:
-        # The train file is 2.2 GB: for the first `max_docs` stories read only the head, uncached.
-        lines = stream_lines(url, what=what)
-    yield from split_stories(lines, prefix=f"tinystories:{split}")
+    try:
+        if target.is_file() or max_docs is None:
+            fetch(url, target, what=what)
+            lines = _read_lines(target)
+        else:
+            # The train file is 2.2 GB: for the first `max_docs` stories read only the head, uncached.
+            lines = stream_lines(url, what=what)
+        yield from split_stories(lines, prefix=f"tinystories:{split}")
+    except DecoderLMError as err:
+        if mirror is None:
+            raise
+        files = " and ".join(TINYSTORIES_FILES.values())
+        raise DecoderLMError(f"{err} (a TinyStories mirror must hold {files} at its root)") from None
 
 
 def _read_lines(path: Path) -> Iterator[str]:

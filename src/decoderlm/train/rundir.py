@@ -36,8 +36,9 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *, overwrite: bool = False,
-            sync=lambda fn: fn()) -> tuple[Recipe, TokenData]:
-    """Check everything, then (rank 0, through `sync`) prepare data and create `out`."""
+            sync=lambda fn: fn(), mirror: str | None = None) -> tuple[Recipe, TokenData]:
+    """Check everything, then (rank 0, through `sync`) prepare data (downloads from `mirror` if given)
+    and create `out`."""
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
     check_train_config(recipe)
@@ -57,7 +58,7 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
         try:
             d = recipe.data
             prepare(list(d.sources), d.tokenizer, staged / "data", vocab_size=d.vocab_size,
-                    val_fraction=d.val_fraction, seed=recipe.train.seed)
+                    val_fraction=d.val_fraction, seed=recipe.train.seed, mirror=mirror)
             _check_vocab(recipe, TokenData.open(staged / "data"), explicit_vocab, staged / "data")
             _replace_out(out, link="data", data_dir=staged / "data")
         finally:
