@@ -230,7 +230,7 @@ def test_info_shows_only_the_switches_that_apply_and_the_training_settings(capsy
 def test_quick_bench_is_a_smoke_run_that_compiles_nothing(monkeypatch, tmp_path):
     pytest.importorskip("transformers")
     from decoderlm.bench import data_prep, decode, peers, train_step
-    from decoderlm.model import compiled_kernels
+    from decoderlm.kernels import compiled as compiled_kernels
 
     def no_compile(*args, **kwargs):
         raise AssertionError("--quick compiled a model or a decode step (tens of seconds each)")
