@@ -12,19 +12,19 @@ import hashlib
 import json
 import math
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from decoderlm import fileio
 from decoderlm.data.samplers import RandomWindows, SequentialWindows  # noqa: F401 - part of this module's API
 from decoderlm.data.sources import Document, iter_documents
 from decoderlm.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from decoderlm.errors import DecoderLMError
 
 FORMAT_VERSION = 1
+KIND = "data"  # the kind in a data directory's decoderlm marker
 # Long documents are trained on and encoded in pieces of about this many characters: the pieces
 # spread over all cores, and HF tokenizers spends less CPU per character on 8 kB pieces than on
 # 64 kB ones or whole books (measured: docs/data.md, "Speed").
@@ -129,33 +129,10 @@ def _check_out_dir(out: Path) -> None:
         raise DecoderLMError(f"cannot write {out}: {blocker} is a file, not a directory")
     if out.exists() and not out.is_dir():
         raise DecoderLMError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
-        raise DecoderLMError(f"refusing to replace {out}: it is not empty and not a decoderlm data directory")
-
-
-def _make_temp_dir(out: Path) -> Path:
-    """An empty sibling of `out` to build the data directory in (renamed into place at the end)."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    except OSError as err:  # a read-only file system, no permission, ...
-        raise DecoderLMError(f"cannot write {out}: {err.strerror or err}") from None
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` into place; an old `out` is kept until the new one is there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    if out.exists() and (out.resolve() == cwd or out.resolve() in cwd.parents):
+        raise DecoderLMError(f"refusing to replace {out}: it is the current directory or holds it; "
+                             f"give --out a new directory")
 
 
 def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 4096, val_fraction: float = 0.1,
@@ -163,23 +140,31 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
             cache_dir=None) -> Path:
     """Read `sources`, build the tokenizer, write the token shards to `out_dir`; returns its path.
 
+    `out_dir` must be new, empty or a decoderlm data directory, and is locked while this runs.
     Everything is built in a temporary sibling directory (made first, so an unwritable place fails
-    before any slow work) and renamed into place only when complete."""
+    before any slow work) and swapped into place only when complete."""
     if not 0 <= val_fraction < 1:
         raise DecoderLMError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
-    tmp = _make_temp_dir(out)
+    fileio.recover_swap(out)
+    lock, created = fileio.claim_directory(out, KIND, "replace")
     try:
-        _build(tmp, list(sources) or ["shakespeare"], tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
-               seed=seed, progress=progress, mirror=mirror, max_docs=max_docs, cache_dir=cache_dir)
+        fileio.remove_stale(out.parent, out.name)  # what a killed `prepare` of `out` left beside it
+        tmp = fileio.stage_dir(out)
         try:
-            _replace_dir(tmp, out)
-        except OSError as err:
-            raise DecoderLMError(f"cannot write {out}: {err.strerror or err}") from None
+            _build(tmp, list(sources) or ["shakespeare"], tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
+                   seed=seed, progress=progress, mirror=mirror, max_docs=max_docs, cache_dir=cache_dir)
+            fileio.write_marker(tmp, KIND)
+            fileio.replace_dir(tmp, out)
+        finally:
+            fileio.remove_tree(tmp)  # gone once swapped in
+    except BaseException:
+        if created:  # nothing was there before: leave nothing
+            fileio.remove_tree(out)
+        raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
     return out
 
 
@@ -207,7 +192,7 @@ def _build(tmp: Path, sources: list[str], tokenizer: str, *, vocab_size: int, va
         raise DecoderLMError(f"tokenizer {tokenizer} has no end-of-text token to join documents with")
     dtype = token_dtype(tok.vocab_size)
 
-    try:
+    with fileio.writing(tmp, f"the output in {tmp.parent}"):  # e.g. the disk filled up; the old output stays
         total = sum(len(d.text.encode("utf-8")) for d in train_docs + val_docs)
         with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=not progress or None) as bar:
             stats = {name: _write_split(part, tok, tmp / f"{name}.bin", dtype, bar)
@@ -229,8 +214,6 @@ def _build(tmp: Path, sources: list[str], tokenizer: str, *, vocab_size: int, va
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         tok.save(tmp)
-    except OSError as err:  # e.g. the disk filled up; the old output is untouched
-        raise DecoderLMError(f"cannot write the output in {tmp.parent}: {err.strerror or err}") from None
 
 
 class TokenData:
