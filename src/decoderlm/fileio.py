@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -160,7 +161,13 @@ def write_file_atomic(target: str | Path, write: Writer) -> None:
 
 
 def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Writer:
-    return lambda tmp: save_file(tensors, tmp, metadata=metadata)
+    def write(path: Path) -> None:
+        with contextlib.suppress(FileExistsError):  # an empty file first: its mode is what the umask allows
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        save_file(tensors, path, metadata=metadata)
+        os.chmod(path, mode)  # safetensors writes through a private (0600) file of its own
+    return write
 
 
 def bytes_writer(data: bytes) -> Writer:

@@ -86,8 +86,7 @@ class RunDirectory:
             if fileio.foreign_entries(path) and not overwrite:
                 raise DecoderLMError(f"{path} already holds a run; continue it with --resume or replace it "
                                      f"with --overwrite")
-            run._check_links()
-            fileio.remove_stale(path)
+            fileio.remove_stale(path)  # (links need no check: `clear` removes them, never following one)
         except BaseException:
             run.abandon()
             raise
