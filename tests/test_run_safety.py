@@ -259,6 +259,16 @@ def test_stale_temporaries_are_removed_and_only_decoderlm_s(tmp_path, char_data)
     assert _temporaries(run) == []
 
 
+def test_a_data_swap_cut_between_its_renames_is_finished_by_the_next_prepare(tmp_path, capsys):
+    out = tmp_path / "d"
+    args = ["prepare", "--tokenizer", "toy", "--val-fraction", "0", "--no-progress", "--out", out]
+    assert run_cli([*args, "--source", "toy"])[0] == 0
+    before = tree_snapshot(out)
+    out.rename(tmp_path / ".d.old")  # killed after moving the old output aside, before the new one came in
+    _one_line_error(capsys, [*args, "--source", tmp_path / "missing.txt"], "missing.txt")
+    assert tree_snapshot(out) == before and _temporaries(tmp_path) == []  # the old output is back
+
+
 # -- Ctrl-C saves a checkpoint at the end of the current step --------------------------------------------
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, char_data):
     sets = dict(train__max_steps=20, train__eval_every=0, train__save_every=1000)  # Ctrl-C before the first save
