@@ -234,7 +234,7 @@ def run_subprocess_limited(args: list, limit: int) -> subprocess.CompletedProces
 
 
 # -- D10: the leftovers of a killed process are removed by the next one -------------------------------
-def test_stale_temporaries_are_removed_and_only_decoderlm_s(tmp_path, char_data):
+def test_stale_temporaries_are_removed_and_only_decoderlm_s(tmp_path, capsys, char_data):
     out = tmp_path / "d"
     stale = [tmp_path / ".d.tmp-ab12cd34", tmp_path / ".d.tmp-zz_9x8y7"]  # kill -9 during prepare (old and new naming)
     for path in stale:
@@ -243,9 +243,12 @@ def test_stale_temporaries_are_removed_and_only_decoderlm_s(tmp_path, char_data)
     kept = [tmp_path / ".other.tmp-ab12cd34", tmp_path / ".d.tmp-notours", tmp_path / "d.tmp-ab12cd34"]
     for path in kept:
         path.mkdir()
-    assert run_cli(["prepare", "--source", "toy", "--tokenizer", "toy", "--val-fraction", "0", "--no-progress",
-                    "--out", out])[0] == 0
+    args = ["prepare", "--source", "toy", "--tokenizer", "toy", "--val-fraction", "0", "--no-progress", "--out", out]
+    assert run_cli(args)[0] == 0
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    (tmp_path / ".d.old").mkdir()  # the name of decoderlm's swap, but not decoderlm's (no marker): kept
+    _one_line_error(capsys, args, "is in the way")
+    assert (tmp_path / ".d.old").is_dir() and TokenData.open(out).meta["train_tokens"] == 12
 
     run = tmp_path / "run"
     assert run_cli(_train(char_data, run, train__max_steps=2, train__eval_every=0))[0] == 0

@@ -96,9 +96,10 @@ def remove_tree(path: Path) -> None:
 
 
 def remove_stale(directory: Path, name: str | None = None) -> None:
-    """Remove the temporaries of a killed process in `directory` (only those of `name` if given),
-    and finish a directory swap it left half done. Call it only while holding the lock that every
-    writer of these paths takes, so no live writer's temporary is touched."""
+    """Remove the temporaries of a killed process in `directory` (only those of `name` if given:
+    `directory` is then the user's, holding decoderlm's `name`), and finish a directory swap it left
+    half done. Call it only while holding the lock that every writer of these paths takes, so no
+    live writer's temporary is touched."""
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -110,7 +111,7 @@ def remove_stale(directory: Path, name: str | None = None) -> None:
                 remove_tree(Path(entry.path))
         match = _OLD_NAME.match(entry.name)
         if match and (name is None or match["name"] == name) and not entry.is_symlink():
-            recover_swap(directory / match["name"])
+            recover_swap(directory / match["name"], require_marker=name is not None)
 
 
 # -- atomic files -----------------------------------------------------------------------------------
@@ -191,11 +192,13 @@ def _old(target: Path) -> Path:
     return target.with_name(f".{target.name}.old")
 
 
-def recover_swap(target: Path) -> None:
+def recover_swap(target: Path, *, require_marker: bool = False) -> None:
     """After a swap was interrupted: if `target` is missing, its previous copy (`.NAME.old`) is the
-    only complete one and goes back into place; if `target` is there, the old copy is dropped."""
+    only complete one and goes back into place; if `target` is there, the old copy is dropped.
+    With `require_marker` (in a directory that is not decoderlm's), a `.NAME.old` is touched only
+    if it holds decoderlm's marker, so a user's own `.NAME.old` is never taken for one."""
     old = _old(target)
-    if not old.is_dir() or old.is_symlink():
+    if not old.is_dir() or old.is_symlink() or (require_marker and read_marker(old) is None):
         return
     if target.exists() or target.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
@@ -212,7 +215,7 @@ def complete_dir(target: Path) -> Path | None:
     return None
 
 
-def replace_dir(staged: Path, target: Path) -> None:
+def replace_dir(staged: Path, target: Path, *, require_marker: bool = False) -> None:
     """Swap the complete directory `staged` into place as `target` (fsynced first). A kill at any
     moment leaves `target` or `.NAME.old` complete (see recover_swap / complete_dir)."""
     with writing(target):
@@ -220,8 +223,11 @@ def replace_dir(staged: Path, target: Path) -> None:
             for file in files:
                 fsync_file(Path(root) / file)
             fsync_dir(Path(root))
-        recover_swap(target)
+        recover_swap(target, require_marker=require_marker)
         old = _old(target)
+        if old.exists() or old.is_symlink():  # not decoderlm's: renaming onto it could replace it
+            raise DecoderLMError(f"cannot replace {target}: {old} is in the way (decoderlm did not make it); "
+                                 f"move it elsewhere")
         if target.exists():
             target.rename(old)
         try:

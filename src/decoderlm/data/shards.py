@@ -147,7 +147,7 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
         raise DecoderLMError(f"val_fraction must be in [0, 1), got {val_fraction}")
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
-    fileio.recover_swap(out)
+    fileio.recover_swap(out, require_marker=True)  # out's parent is the user's: touch only our own
     lock, created = fileio.claim_directory(out, KIND, "replace")
     try:
         fileio.remove_stale(out.parent, out.name)  # what a killed `prepare` of `out` left beside it
@@ -156,7 +156,7 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
             _build(tmp, list(sources) or ["shakespeare"], tokenizer, vocab_size=vocab_size, val_fraction=val_fraction,
                    seed=seed, progress=progress, mirror=mirror, max_docs=max_docs, cache_dir=cache_dir)
             fileio.write_marker(tmp, KIND)
-            fileio.replace_dir(tmp, out)
+            fileio.replace_dir(tmp, out, require_marker=True)
         finally:
             fileio.remove_tree(tmp)  # gone once swapped in
     except BaseException:
