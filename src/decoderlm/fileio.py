@@ -349,6 +349,7 @@ def claim_directory(directory: Path, kind: str, purpose: str) -> tuple[Directory
     try:
         return DirectoryLock.acquire(directory, kind), created
     except DecoderLMError:
-        if created:
-            remove_tree(directory)
+        if created:  # only if still empty: a process that raced us to it may hold it now
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
