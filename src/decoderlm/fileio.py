@@ -275,6 +275,13 @@ def foreign_entries(directory: Path) -> list[str]:
                   if e.name != MARKER_NAME and not any(p.match(e.name) for p in _TEMP_NAMES))
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except FileNotFoundError:
+        return False
+
+
 class DirectoryLock:
     """An exclusive advisory lock (flock) on a directory's marker file: one writer per directory.
     The OS releases it when the process ends, however it ends, so a killed process never leaves
@@ -297,21 +304,28 @@ class DirectoryLock:
                 if err.errno in (errno.EAGAIN, errno.EACCES):
                     raise DecoderLMError(f"{directory} is in use by another decoderlm process (train, resume or "
                                          f"prepare); wait for it to finish or choose another directory") from None
-                raise
-            if os.path.exists(marker) and os.path.samestat(os.fstat(fd), os.stat(marker, follow_symlinks=False)):
+                raise DecoderLMError(f"cannot lock {directory}: {err.strerror or err}") from None
+            if _same_file(fd, marker):
                 lock = cls(directory, fd)
-                found = read_marker(directory)
-                if found and found != kind:
+                try:
+                    lock._check_kind(kind)
+                except BaseException:
                     lock.release()
-                    raise DecoderLMError(f"{directory} is a decoderlm {found} directory, not a {kind} directory; "
-                                         f"choose another directory")
-                if not found:  # new, or made by a process killed before it wrote the kind
-                    lock._write_kind(kind)  # in place: replacing the file would drop the lock
+                    raise
                 return lock
             os.close(fd)
         raise DecoderLMError(f"{directory} keeps changing under another decoderlm process; try again")
 
+    def _check_kind(self, kind: str) -> None:
+        found = read_marker(self.directory)
+        if found and found != kind:
+            raise DecoderLMError(f"{self.directory} is a decoderlm {found} directory, not a {kind} directory; "
+                                 f"choose another directory")
+        if not found:  # new, or made by a process killed before it wrote the kind
+            self._write_kind(kind)
+
     def _write_kind(self, kind: str) -> None:
+        """In place: replacing the marker file would leave the lock on the old one."""
         with writing(self.directory / MARKER_NAME):
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, _marker_text(kind).encode(), 0)
