@@ -90,7 +90,8 @@ def stage_dir(target: Path) -> Path:
 def remove_tree(path: Path) -> None:
     """Remove a file, a link (not what it points to) or a directory tree; missing is fine."""
     if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink()
     elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
 
