@@ -71,7 +71,7 @@ def test_saving_again_replaces_weights_and_keeps_other_files(run_dir):
 
 
 def test_a_failed_write_leaves_the_old_checkpoint(run_dir, monkeypatch):
-    import decoderlm.checkpoint_io as io
+    import decoderlm.fileio as io
 
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 

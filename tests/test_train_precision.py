@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from decoderlm.config import ModelConfig, get_recipe
 from decoderlm.data.shards import TokenData
 from decoderlm.model import DecoderLM
+from decoderlm.rundir import RunDirectory
 from decoderlm.train.loop import Trainer
 from decoderlm.train.precision import MasterWeights, use_master_weights
 from test_train_support import char_data, run_cli, tiny_sets  # noqa: F401
@@ -95,7 +96,7 @@ def test_trainer_trains_a_bf16_copy_by_default_on_cpu(tmp_path, char_data, setti
     recipe = recipe.replace(model=recipe.model.replace(vocab_size=data.meta["vocab_size"], max_seq_len=16),
                             train=recipe.train.replace(dtype="bfloat16", master_weights=setting, max_steps=2,
                                                        eval_every=0, compile=False))
-    trainer = Trainer(recipe, data, tmp_path / "run", progress=False)
+    trainer = Trainer(recipe, data, RunDirectory.create(tmp_path / "run"), progress=False)
     trained = trainer.compute_model
     assert (trainer.master is not None) == expect_master
     assert next(trained.parameters()).dtype == (torch.bfloat16 if expect_master else torch.float32)

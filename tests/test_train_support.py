@@ -71,6 +71,14 @@ def run_subprocess(args: list[str], env: dict | None = None, timeout: float = 12
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def start_patched_cli(patch: str, args: list, **popen) -> subprocess.Popen:
+    """`decoderlm ARGS` in a child process that first runs `patch` (Python source), e.g. to make
+    it pause at a chosen moment so a test can kill or interrupt it there."""
+    script = f"{patch}\nimport sys\nfrom decoderlm.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([PYTHON, "-c", script, *map(str, args)], **popen)
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 

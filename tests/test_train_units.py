@@ -118,16 +118,16 @@ def test_overrides_parse_and_apply():
 
 
 def test_metrics_log_survives_a_line_cut_by_a_crash(tmp_path):
-    from decoderlm.train.metrics import MetricsLog
+    from decoderlm.rundir import RunDirectory
 
-    log = MetricsLog(tmp_path)
-    log.write({"step": 1, "loss": 2.0})
-    log.write({"step": 2, "loss": float("nan")})
-    with open(log.path, "a") as f:
-        f.write('{"step": 3, "lo')  # killed mid-write
-    assert log.read() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": None}]
-    log.truncate_after(1)  # what a resume from step 1 does
-    assert log.read() == [{"step": 1, "loss": 2.0}]
+    with RunDirectory.create(tmp_path / "run") as run:
+        run.append_metrics({"step": 1, "loss": 2.0})
+        run.append_metrics({"step": 2, "loss": float("nan")})
+        with open(run.metrics_file, "a") as f:
+            f.write('{"step": 3, "lo')  # killed mid-write
+        assert run.read_metrics() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": None}]
+        run.truncate_metrics(1)  # what a resume from step 1 does
+        assert run.read_metrics() == [{"step": 1, "loss": 2.0}]
 
 
 def test_flops_per_token_counts_each_matmul_weight_once():

@@ -13,7 +13,6 @@ import importlib
 import json
 import pkgutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from decoderlm.errors import DecoderLMError
@@ -205,22 +204,6 @@ class Recipe(_DictMixin):
             train=TrainConfig.from_dict(_tuples(data.get("train", {}))),
             data=DataConfig.from_dict(_tuples(data.get("data", {}))),
         )
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise DecoderLMError(f"cannot read config {path}: {err}") from None
-        if "model" not in data:
-            raise DecoderLMError(f"{path} has no 'model' section; is it a decoderlm config.json?")
-        try:
-            return cls.from_dict(data)
-        except TypeError as err:  # a missing required field
-            raise DecoderLMError(f"invalid config {path}: {err}") from None
 
 
 def _tuples(section: dict[str, Any]) -> dict[str, Any]:

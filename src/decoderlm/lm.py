@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, commit_files, json_writer,
-                                     native_state_dict, read_json, read_weights, safetensors_writer)
+from decoderlm.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, check_and_load, native_state_dict, read_json, read_weights
 from decoderlm.config import ModelConfig, Recipe
 from decoderlm.errors import DecoderLMError
 from decoderlm.model import DecoderLM
+from decoderlm.rundir import RunDirectory, recipe_from_json, tokenizer_files
 
 FORMATS = ("native", "hf")
 
@@ -52,22 +52,18 @@ class LanguageModel:
         if format not in FORMATS:
             raise DecoderLMError(f"unknown save format {format!r}; choose one of: {', '.join(FORMATS)}")
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise DecoderLMError(f"{out} exists and is not a directory")
         config = self.model.config
-        if format == "hf":
-            from decoderlm.interop.hf import write_hf_checkpoint
+        with RunDirectory.open_model_dir(out) as run:
+            if format == "hf":
+                from decoderlm.interop.hf import write_hf_checkpoint
 
-            write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer),
-                                _special_ids(self.tokenizer))
-            return out
-        recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
-        if recipe.model != config:  # the recipe must describe these weights
-            recipe = recipe.replace(model=config)
-        commit_files([(out / CONFIG_NAME, json_writer(recipe.to_dict())),
-                      (out / WEIGHTS_NAME, safetensors_writer(native_state_dict(self.model), {"format": "pt"}))])
-        if self.tokenizer is not None:
-            _save_tokenizer(self.tokenizer, out)
+                write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer, out),
+                                    _special_ids(self.tokenizer))
+                return out
+            recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
+            if recipe.model != config:  # the recipe must describe these weights
+                recipe = recipe.replace(model=config)
+            run.write_model(recipe, native_state_dict(self.model), self.tokenizer)
         return out
 
 
@@ -85,7 +81,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
         config, state = read_hf_checkpoint(directory, config_json)
         recipe, source_format = None, "hf"
     else:
-        recipe, source_format = _recipe(config_json, directory), "native"
+        recipe, source_format = recipe_from_json(config_json, directory / CONFIG_NAME), "native"
         config, state = recipe.model, read_weights(directory)
     model = DecoderLM(config)
     check_and_load(model, state, directory)
@@ -110,20 +106,6 @@ def _checkpoint_dir(path: Path) -> Path:
         raise DecoderLMError(f"{path} has no {CONFIG_NAME}; it is neither a decoderlm run directory "
                              f"nor a Hugging Face checkpoint")
     return path
-
-
-def _recipe(config_json: dict[str, Any], directory: Path) -> Recipe:
-    where = directory / CONFIG_NAME
-    if not isinstance(config_json.get("model"), dict):
-        raise DecoderLMError(f"{where} has no 'model' section (nor a Hugging Face 'model_type'); "
-                             f"is it a decoderlm config.json?")
-    for section in ("train", "data"):
-        if not isinstance(config_json.get(section, {}), dict):
-            raise DecoderLMError(f"{where}: '{section}' must be an object")
-    try:
-        return Recipe.from_dict(config_json)
-    except (TypeError, ValueError, AttributeError, KeyError) as err:  # wrongly typed fields
-        raise DecoderLMError(f"invalid {where}: {' '.join(str(err).split())}") from None
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -162,14 +144,7 @@ def _load_tokenizer(directory: Path):
     return module.load_tokenizer(directory)
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:
-    save = getattr(tokenizer, "save", None)
-    if save is None:
-        raise DecoderLMError(f"cannot save tokenizer {type(tokenizer).__name__}: it has no save(directory) method")
-    save(out)
-
-
-def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
+def _hf_tokenizer_files(tokenizer, out: Path) -> dict[str, bytes]:
     """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
     tokenizer_config.json naming its end and pad tokens. Every decoderlm tokenizer converts
     (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out."""

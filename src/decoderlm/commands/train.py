@@ -6,7 +6,6 @@ as one process or under `torchrun --nproc_per_node=N -m decoderlm train ...`.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from decoderlm.config import preset_names
@@ -67,19 +66,19 @@ def train_command(args) -> int:
         if error:
             raise DecoderLMError(error)
 
-    created = not out.exists()
+    run = None
     try:
+        if args.resume:
+            recipe, data, run = resumed_run(out, args.preset, args.data, sets, sync=on_main)
+        else:
+            recipe, data, run = new_run(out, args.preset, args.data, sets, overwrite=args.overwrite, sync=on_main,
+                                        mirror=args.mirror)
         try:
-            if args.resume:
-                recipe, data = resumed_run(out, args.preset, args.data, sets)
-            else:
-                recipe, data = new_run(out, args.preset, args.data, sets, overwrite=args.overwrite, sync=on_main,
-                                       mirror=args.mirror)
-            trainer = Trainer(recipe, data, out, resume=args.resume, progress=not args.no_progress,
+            trainer = Trainer(recipe, data, run, resume=args.resume, progress=not args.no_progress,
                               stop_at_step=args.stop_at_step)
         except DecoderLMError:
-            if created and dist_state.is_main and out.is_dir():  # a run that never started leaves nothing
-                shutil.rmtree(out, ignore_errors=True)
+            if not args.resume:  # a run that never started leaves nothing (a directory made for it goes)
+                run.abandon()
             raise
         main = dist_state.is_main
         if main:
@@ -92,6 +91,8 @@ def train_command(args) -> int:
         if main:
             _report(result, recipe, out, samples=not args.no_samples)
     finally:
+        if run is not None:
+            run.close()
         distributed.teardown(dist_state)
     return 0
 

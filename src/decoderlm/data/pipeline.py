@@ -26,7 +26,8 @@ from decoderlm.data import splits as split_rules
 from decoderlm.data.mixture import normalise_weights
 from decoderlm.data.pieces import CHUNK_SAFE_KINDS, Tally, drop_blank, source_pieces
 from decoderlm.data.shard_files import SPLITS, SplitShards, empty_state, restore_files, write_json_atomic
-from decoderlm.data.shards import _check_out_dir, _replace_dir, token_dtype
+from decoderlm import fileio
+from decoderlm.data.shards import KIND, _check_out_dir, token_dtype
 from decoderlm.data.sources import iter_chunks, source_size
 from decoderlm.data.stream import Encoders, batches, default_processes, encode_in_order
 from decoderlm.data.tokenizer_kinds import TRAINABLE
@@ -84,12 +85,28 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
         raise DecoderLMError(f"--processes must be at least 1, got {processes}")
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
+    # `out` must be new, empty or a data directory decoderlm made; it stays locked while this runs.
+    fileio.recover_swap(out, require_marker=True)  # out's parent is the user's: touch only our own
+    lock, created = fileio.claim_directory(out, KIND, "replace")
+    try:
+        fileio.remove_stale(out.parent, out.name)  # what a killed `prepare` of `out` left beside it
+        _prepare_locked(plan, out, resume, Reading(mirror, cache_dir, progress), processes)
+    except BaseException:
+        if created:  # nothing was there before: leave nothing (an interrupted one's partial stays beside)
+            fileio.remove_tree(out)
+        raise
+    finally:
+        lock.release()
+    return out
+
+
+def _prepare_locked(plan: Plan, out: Path, resume: bool, reading: Reading, processes: int) -> None:
     partial = partial_dir(out)
     state = _start_or_resume(plan, out, partial, resume)
     if state is None:
-        return out  # resuming a prepare that had finished: nothing to do
+        return  # resuming a prepare that had finished: nothing to do
     try:
-        _build(plan, partial, state, Reading(mirror, cache_dir, progress), processes)
+        _build(plan, partial, state, reading, processes)
         _publish(partial, out)
     except KeyboardInterrupt:
         print(f"decoderlm: the partial output is kept in {partial}: run the same command with --resume "
@@ -101,7 +118,6 @@ def prepare(sources: list[str], tokenizer: str, out_dir, *, vocab_size: int = 40
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return out
 
 
 def make_plan(sources: list[str], tokenizer: str, *, vocab_size: int, val_fraction: float, seed: int,
@@ -174,7 +190,8 @@ def _commit(partial: Path, state: dict) -> None:
 
 def _publish(partial: Path, out: Path) -> None:
     """The one place the finished directory replaces the output (atomically, old kept until then)."""
-    _replace_dir(partial, out)
+    fileio.write_marker(partial, KIND)
+    fileio.replace_dir(partial, out, require_marker=True)
 
 
 # --- the stages -----------------------------------------------------------------------------------

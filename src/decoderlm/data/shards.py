@@ -10,11 +10,11 @@ mixture: one per source, see data/mixture.py).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from decoderlm import fileio
 from decoderlm.data.mixture import Mixture
 from decoderlm.data.token_shards import TokenShards
 from decoderlm.data.tokenizers import Tokenizer, load_tokenizer
@@ -29,6 +29,8 @@ def __getattr__(name):
 
         return getattr(samplers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+KIND = "data"  # the kind in a data directory's decoderlm marker
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -49,24 +51,10 @@ def _check_out_dir(out: Path) -> None:
         raise DecoderLMError(f"cannot write {out}: {blocker} is a file, not a directory")
     if out.exists() and not out.is_dir():
         raise DecoderLMError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
-        raise DecoderLMError(f"refusing to replace {out}: it is not empty and not a decoderlm data directory")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` into place; an old `out` is kept until the new one is there."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{tmp.name}")
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    if out.exists() and (out.resolve() == cwd or out.resolve() in cwd.parents):
+        raise DecoderLMError(f"refusing to replace {out}: it is the current directory or holds it; "
+                             f"give --out a new directory")
 
 
 class TokenData:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,18 +19,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, json_writer, safetensors_writer,
-                                     write_file_atomic)
+from decoderlm.checkpoint import STATE_VERSION
+from decoderlm.checkpoint_io import check_and_load, storable_weights
 from decoderlm.compile_support import can_compile
 from decoderlm.config import Recipe
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
 from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
-from decoderlm.train import checkpoint, distributed
+from decoderlm.rundir import RunDirectory
+from decoderlm.train import distributed
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.device import autocast, autocast_dtype
-from decoderlm.train.metrics import PLOT_NAME, MetricsLog, plot_losses, progress_bar
+from decoderlm.train.interrupt import StopRequest
+from decoderlm.train.metrics import plot_losses, progress_bar
 from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
 from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
@@ -40,17 +43,18 @@ from decoderlm.train.schedule import horizon, lr_factor, parse_duration
 class TrainResult:
     run_dir: Path
     step: int
-    stopped: str  # max_steps | time_budget | early_stopping | stop_at_step
+    stopped: str  # max_steps | time_budget | early_stopping | stop_at_step (Ctrl-C raises KeyboardInterrupt)
     val_loss: float | None
     best_val_loss: float | None
 
 
 class Trainer:
-    """Build everything from a recipe and a TokenData, then `fit()`."""
+    """Build everything from a recipe, a TokenData and an opened RunDirectory (rank 0 holds its
+    lock), then `fit()`. Building writes nothing; fit() writes the run."""
 
-    def __init__(self, recipe: Recipe, data, run_dir, *, resume: bool = False, progress: bool = True,
+    def __init__(self, recipe: Recipe, data, run: RunDirectory, *, resume: bool = False, progress: bool = True,
                  stop_at_step: int | None = None):
-        self.recipe, self.data, self.run_dir = recipe, data, Path(run_dir)
+        self.recipe, self.data, self.run, self.run_dir = recipe, data, run, run.path
         self.cfg = cfg = recipe.train
         self.progress, self.stop_at_step = progress, stop_at_step
         self.dist = distributed.setup()
@@ -73,13 +77,9 @@ class Trainer:
                          "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
         saved = None
         if resume:
-            weights, saved, where = checkpoint.load_last(self.run_dir)
+            weights, saved, where = run.load_last()
             check_and_load(model, weights, where)
             self.counters.update({k: saved[k] for k in self.counters if k in saved})
-        elif self.dist.is_main:  # config.json, tokenizer and the initial weights: a loadable run from the start
-            from decoderlm.lm import LanguageModel
-
-            LanguageModel.from_model(model, data.tokenizer, recipe).save(self.run_dir)
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
         self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
@@ -95,13 +95,9 @@ class Trainer:
             distributed.load_optimizer_state(self.wrapped, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])
             _restore_rng(saved.get("rng"))
-            if self.dist.is_main:  # the (possibly extended) recipe of the resumed run
-                write_file_atomic(self.run_dir / CONFIG_NAME, json_writer(recipe.to_dict()))
-        self.metrics = MetricsLog(self.run_dir)
-        if self.dist.is_main:
-            self.metrics.truncate_after(self.counters["step"])
         self.eval_enabled = cfg.eval_every > 0 and len(data.val) > self.block
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
+        self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
 
     # -- set-up helpers ---------------------------------------------------------------------------
@@ -128,9 +124,11 @@ class Trainer:
         c, cfg, main = self.counters, self.cfg, self.dist.is_main
         peak = cfg.peak_flops or (peak_flops(self.device.type, self.amp or torch.float32) if main else None)
         meter = Throughput(self.flops_per_token, peak * self.dist.world_size if peak else None)  # global rate
+        self._begin()
         bar = progress_bar(self.total_steps, c["step"], self.progress and main)
         start, elapsed_before = time.perf_counter(), c["elapsed"]
         stopped, val_loss = "max_steps", None
+        interrupt = StopRequest(announce=main).start()
         try:
             while c["step"] < self.total_steps:
                 c["elapsed"] = elapsed_before + time.perf_counter() - start
@@ -158,6 +156,9 @@ class Trainer:
                 if self.stop_at_step is not None and c["step"] >= self.stop_at_step:
                     stopped = "stop_at_step"
                     break
+                if distributed.broadcast_flag(interrupt.requested, self.dist):  # Ctrl-C: stop, saving this step
+                    stopped = "interrupted"
+                    break
             c["elapsed"] = elapsed_before + time.perf_counter() - start
             if self.eval_enabled and stopped in ("max_steps", "time_budget") and c["step"] % cfg.eval_every:
                 val_loss = self._evaluate_and_track(bar)
@@ -165,9 +166,15 @@ class Trainer:
                 self._save()
         finally:
             bar.close()
+            interrupt.stop()
         if main:
-            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+            self._plot()
         distributed.barrier(self.dist)
+        if stopped == "interrupted":
+            if main:
+                print(f"decoderlm: saved a checkpoint at step {c['step']}; continue with: "
+                      f"decoderlm train --out {self.run_dir} --resume", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
         return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"])
 
     def _step(self) -> tuple[float, float, float]:
@@ -266,36 +273,47 @@ class Trainer:
                       + (" (best)" if improved else ""))
         weights = self._gather_weights() if improved else None
         if improved and self.dist.is_main:
-            checkpoint.save_best(self.run_dir, weights, c["step"])
-            self._publish(weights)
+            self.run.save_best(weights, c["step"])
+            self.run.publish(weights)
         if self.dist.is_main:
-            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+            self._plot()
         return val_loss
 
-    # -- writing ----------------------------------------------------------------------------------
+    # -- writing (rank 0 writes; every rank takes part in gathering) ----------------------------------
+    def _begin(self) -> None:
+        """The run's first writes. A new run gets config.json, the tokenizer and its initial
+        weights, so it is loadable from the start; a resumed one its (possibly extended) recipe,
+        and its metrics cut back to the checkpoint's step."""
+        weights = None if self.resumed else self._gather_weights()
+        if not self.dist.is_main:
+            return
+        if self.resumed:
+            self.run.write_recipe(self.recipe)
+            self.run.truncate_metrics(self.counters["step"])
+        else:
+            self.run.write_model(self.recipe, weights, self.data.tokenizer)
+
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
-            self.metrics.write(record)
+            self.run.append_metrics(record)
+
+    def _plot(self) -> None:
+        self.run.write_plot(plot_losses(self.run.read_metrics(), title=f"{self.recipe.name}: {self.run_dir}"))
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
         state = distributed.full_model_state(self.model, self.wrapped, self.sharded)
-        return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
-
-    def _publish(self, weights: dict[str, torch.Tensor]) -> None:
-        """RUN_DIR/model.safetensors: what `decoderlm generate RUN_DIR` loads (best, or last without
-        evaluation), in the run-directory format of decoderlm.lm."""
-        write_file_atomic(self.run_dir / WEIGHTS_NAME, safetensors_writer(weights, {"format": "pt"}))
+        return storable_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
     def _save(self) -> None:
         weights = self._gather_weights()
         optim_state = distributed.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
         if self.dist.is_main:
-            state = {"version": checkpoint.STATE_VERSION, **self.counters, "optimizer": optim_state,
+            state = {"version": STATE_VERSION, **self.counters, "optimizer": optim_state,
                      "sampler": self.sampler.state_dict(), "rng": _rng_state(),
                      "world_size": self.dist.world_size}
-            checkpoint.save_last(self.run_dir, weights, state)
-            if not self.eval_enabled:
-                self._publish(weights)
+            self.run.save_last(weights, state)
+            if not self.eval_enabled:  # without evaluation, the last weights are the published ones
+                self.run.publish(weights)
         self.saved_step = self.counters["step"]
         distributed.barrier(self.dist)
 
@@ -339,6 +357,12 @@ def _restore_rng(state: dict | None) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def train(recipe: Recipe, data, run_dir, **kwargs) -> TrainResult:
-    """Train `recipe` on `data` (a decoderlm.data.shards.TokenData) into `run_dir`."""
-    return Trainer(recipe, data, run_dir, **kwargs).fit()
+def train(recipe: Recipe, data, run_dir, *, resume: bool = False, overwrite: bool = False, **kwargs) -> TrainResult:
+    """Train `recipe` on `data` (a decoderlm.data.shards.TokenData) into the run directory `run_dir`:
+    a new one (an existing run only with `overwrite`), or the run there continued with `resume`."""
+    run = RunDirectory.open_to_resume(run_dir) if resume else RunDirectory.create(run_dir, overwrite=overwrite)
+    with run:
+        if not resume:
+            run.clear()
+            run.link_data(Path(data.directory).expanduser().resolve())
+        return Trainer(recipe, data, run, resume=resume, **kwargs).fit()

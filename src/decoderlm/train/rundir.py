@@ -1,23 +1,22 @@
-"""Setting up a run: the recipe with its overrides, the run directory, and the token data.
+"""Setting up a run: the recipe with its overrides, the run directory (decoderlm.rundir), and the
+token data.
 
 Everything that can be wrong with the user's input is checked before anything is written, so a
-bad command leaves the file system as it was. Data given as a source spec is prepared next to the
-run directory first and moved in only when it is complete.
+bad command leaves the file system as it was. Data given as a source spec is prepared inside the
+run directory under a temporary name and moved into place only when it is complete; an old run
+(--overwrite) is removed only then.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from decoderlm.checkpoint_io import CONFIG_NAME
+from decoderlm import fileio
 from decoderlm.config import Recipe, get_recipe
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
-from decoderlm.train import checkpoint
+from decoderlm.rundir import RunDirectory
 from decoderlm.train.device import DTYPES
 from decoderlm.train.distributed import PARALLEL
 from decoderlm.train.optim import OPTIMIZERS
@@ -28,7 +27,6 @@ from decoderlm.train.schedule import SCHEDULES, parse_duration
 SAMPLERS = ("random", "sequential")
 
 DEFAULT_PRESET = "shakespeare"
-DATA_LINK = "data.json"  # where the run's token data lives (relative to the run dir when inside it)
 
 
 def is_prepared(path: str | Path) -> bool:
@@ -36,9 +34,9 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *, overwrite: bool = False,
-            sync=lambda fn: fn(), mirror: str | None = None) -> tuple[Recipe, TokenData]:
-    """Check everything, then (rank 0, through `sync`) prepare data (downloads from `mirror` if given)
-    and create `out`."""
+            sync=lambda fn: fn(), mirror: str | None = None) -> tuple[Recipe, TokenData, RunDirectory]:
+    """Check everything, then (rank 0, through `sync`) lock `out`, prepare the data (downloads from
+    `mirror` if given) and record it. Rank 0 gets the locked run directory; the other ranks only read theirs."""
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
     check_train_config(recipe)
@@ -46,35 +44,51 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
     if data is not None and not prepared:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
     explicit_vocab = "vocab_size" in overrides.get("model", {})
+    run = RunDirectory(out)
 
     def create() -> None:  # on rank 0 only: other ranks would see the directory it creates
-        _check_new_out(out, overwrite)
-        if prepared:
-            _check_vocab(recipe, TokenData.open(data), True, Path(data))
-            _replace_out(out, link=str(Path(data).expanduser().resolve()))
-            return
-        out.parent.mkdir(parents=True, exist_ok=True)  # tokenize beside `out`; moved in once complete
-        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
+        nonlocal run
+        run = RunDirectory.create(out, overwrite=overwrite)
         try:
-            d = recipe.data
-            prepare(list(d.sources), d.tokenizer, staged / "data", vocab_size=d.vocab_size,
-                    val_fraction=d.val_fraction, seed=recipe.train.seed, mirror=mirror)
-            _check_vocab(recipe, TokenData.open(staged / "data"), explicit_vocab, staged / "data")
-            _replace_out(out, link="data", data_dir=staged / "data")
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            _add_data(run, recipe, data if prepared else None, explicit_vocab, mirror)
+        except BaseException:
+            run.abandon()
+            raise
 
     sync(create)
-    token_data = TokenData.open(_data_path(out))
-    return _fit_vocab(recipe, token_data, explicit_vocab or prepared), token_data
+    token_data = TokenData.open(run.data_path())
+    return _fit_vocab(recipe, token_data, explicit_vocab or prepared), token_data, run
 
 
-def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]) -> tuple[Recipe, TokenData]:
-    """The recipe saved in `out` (train.* may be changed, e.g. to extend max_steps) and its data."""
-    if not (out / CONFIG_NAME).is_file():
-        raise DecoderLMError(f"cannot resume: {out} is not a run directory (no {CONFIG_NAME}); "
+def _add_data(run: RunDirectory, recipe: Recipe, prepared: str | None, explicit_vocab: bool,
+              mirror: str | None = None) -> None:
+    """Link prepared data, or prepare the recipe's sources inside the run; then clear an old run."""
+    if prepared is not None:
+        _check_vocab(recipe, TokenData.open(prepared), True, Path(prepared))
+        run.clear()
+        run.link_data(Path(prepared).expanduser().resolve())
+        return
+    staged = run.stage_data()
+    try:
+        d = recipe.data
+        prepare(list(d.sources), d.tokenizer, staged, vocab_size=d.vocab_size, val_fraction=d.val_fraction,
+                seed=recipe.train.seed, mirror=mirror)
+        _check_vocab(recipe, TokenData.open(staged), explicit_vocab, run.path / "data")
+        run.clear()
+        run.adopt_data(staged)
+    finally:
+        fileio.remove_tree(staged)  # already moved in, unless something failed
+
+
+def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str],
+                sync=lambda fn: fn()) -> tuple[Recipe, TokenData, RunDirectory]:
+    """The recipe saved in `out` (train.* may be changed, e.g. to extend max_steps), its data, and
+    the run directory (locked by rank 0, through `sync`)."""
+    run = RunDirectory(out)
+    if not run.config_file.is_file():
+        raise DecoderLMError(f"cannot resume: {out} is not a run directory (no {run.config_file.name}); "
                              f"start it without --resume")
-    recipe = Recipe.load(out / CONFIG_NAME)
+    recipe = run.read_recipe()
     if preset is not None and preset != recipe.name:
         raise DecoderLMError(f"{out} was trained with preset {recipe.name!r}, not {preset!r}; drop --preset to resume")
     overrides = parse_overrides(sets)
@@ -83,15 +97,21 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
         raise DecoderLMError(f"cannot change {fixed[0]} when resuming; only train.* settings may change")
     recipe = apply_overrides(recipe, overrides)
     check_train_config(recipe)
-    if checkpoint.find_last(out) is None:
+    if run.last_checkpoint() is None:
         raise DecoderLMError(f"{out} has no checkpoint to resume (checkpoints/last is missing); "
                              f"start it again with --overwrite")
     if data is not None and not is_prepared(data):
         raise DecoderLMError(f"--data {data} is not a prepared data directory; to resume, give the run's "
                              f"data directory or leave --data out")
-    token_data = TokenData.open(data if data is not None else _data_path(out))
+    token_data = TokenData.open(data if data is not None else run.data_path())
     _check_vocab(recipe, token_data, True, token_data.directory)
-    return recipe, token_data
+
+    def lock() -> None:
+        nonlocal run
+        run = RunDirectory.open_to_resume(out)
+
+    sync(lock)
+    return recipe, token_data, run
 
 
 def check_train_config(recipe: Recipe) -> None:
@@ -115,48 +135,6 @@ def check_train_config(recipe: Recipe) -> None:
     if cfg.lr < 0 or cfg.min_lr < 0 or cfg.eval_every < 0:
         raise DecoderLMError("train.lr, train.min_lr and train.eval_every must not be negative")
     check_master_weights(cfg.master_weights, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's
-
-
-def _replace_out(out: Path, link: str, data_dir: Path | None = None) -> None:
-    """Create the run directory (an old run is removed only now, with --overwrite) and record its data."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if data_dir is not None:
-        data_dir.rename(out / "data")
-    (out / DATA_LINK).write_text(json.dumps({"path": link}) + "\n")
-
-
-def _data_path(out: Path) -> Path:
-    try:
-        link = json.loads((out / DATA_LINK).read_text())["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise DecoderLMError(f"{out}/{DATA_LINK} is missing or damaged; pass the run's data with --data DIR") from None
-    path = Path(link)
-    return path if path.is_absolute() else out / path
-
-
-def _check_new_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DecoderLMError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise DecoderLMError(f"{out} already holds a run; continue it with --resume or replace it with --overwrite")
-        if not any((out / marker).exists() for marker in (CONFIG_NAME, "checkpoints", DATA_LINK)):
-            raise DecoderLMError(f"refusing to overwrite {out}: it is not a decoderlm run directory")
-    _check_writable(out)
-
-
-def _check_writable(out: Path) -> None:
-    """The nearest existing ancestor of `out` must let us create files."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    try:
-        probe = tempfile.mkdtemp(prefix=".decoderlm-probe-", dir=existing)
-        os.rmdir(probe)
-    except OSError as err:
-        raise DecoderLMError(f"cannot write to {out}: {err.strerror or err} ({existing})") from None
 
 
 def _check_vocab(recipe: Recipe, data: TokenData, strict: bool, where: Path) -> None:
