@@ -148,20 +148,22 @@ def test_a_second_writer_is_refused_while_a_run_trains(tmp_path, capsys, char_da
 
 def test_a_second_prepare_of_the_same_directory_is_refused(tmp_path, capsys):
     out = tmp_path / "d"
-    slow_prepare = ("import time\nfrom decoderlm.data import shards\nwrite = shards._write_split\n"
-                    "def slow(*a, **k):\n    time.sleep(60)\n    return write(*a, **k)\nshards._write_split = slow\n")
+    slow_prepare = ("import time\nfrom decoderlm.data import pipeline\nencode = pipeline._encode_stage\n"
+                    "def slow(*a, **k):\n    time.sleep(60)\n    return encode(*a, **k)\npipeline._encode_stage = slow\n")
     args = ["prepare", "--source", "toy", "--tokenizer", "toy", "--val-fraction", "0", "--no-progress", "--out", out]
     proc = start_patched_cli(slow_prepare, args)
+    partial = tmp_path / ".d.partial"
     try:
-        _wait_for(lambda: any(p.name.startswith(".d.tmp-") for p in tmp_path.iterdir()), proc)
+        _wait_for(partial.exists, proc)
         _one_line_error(capsys, args, "in use by another decoderlm")
     finally:
-        proc.kill()  # killed mid-prepare: its temporary stays behind ...
+        proc.kill()  # killed mid-prepare: its partial output stays behind ...
         proc.wait(timeout=30)
         proc.stderr.close()
-    assert _temporaries(tmp_path)
-    assert run_cli(args)[0] == 0  # ... until the next prepare of the same directory removes it (D10)
-    assert _temporaries(tmp_path) == [] and TokenData.open(out).meta["train_tokens"] > 0
+    assert partial.exists()
+    _one_line_error(capsys, args, "--resume")  # ... never silently reused or deleted: the user chooses
+    assert run_cli([*args, "--resume"])[0] == 0  # continuing it leaves nothing behind (D10)
+    assert not partial.exists() and _temporaries(tmp_path) == [] and TokenData.open(out).meta["train_tokens"] > 0
 
 
 # -- D11: no writing through links out of a run -------------------------------------------------------
@@ -312,7 +314,7 @@ def test_files_and_directories_get_the_modes_the_umask_allows(tmp_path, char_dat
         os.umask(previous)
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     for name in ("config.json", "model.safetensors", "metrics.jsonl", "loss.png", "data.json", "data/meta.json",
-                 "data/train.bin", "checkpoints/last/train_state.pt", "checkpoints/last/model.safetensors"):
+                 "data/train-00000.bin", "checkpoints/last/train_state.pt", "checkpoints/last/model.safetensors"):
         assert mode(run / name) == 0o666 & ~umask, name
     for name in ("data", "checkpoints", "checkpoints/last"):
         assert mode(run / name) == 0o777 & ~umask, name
