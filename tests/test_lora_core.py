@@ -255,3 +255,17 @@ def test_targets_the_model_lacks_and_unsupported_models_are_one_line():
     with pytest.raises(DecoderLMError, match="no LoRA adapters to merge"):
         merge_lora(_model())
     assert isinstance(twice.blocks[0].attn.qkv, LoRALinear)
+
+
+def test_adapted_and_merged_models_decode_the_same_tokens():
+    """Generation runs through the KV cache; the adapters apply to every cached step."""
+    from decoderlm.generate.api import generate
+
+    model = apply_lora(_model(), LoRAConfig(rank=4, alpha=8))
+    _randomise_adapters(model)
+    prompt = _tokens(batch=1, length=4)
+    with torch.no_grad():
+        ours = generate(model, prompt, 12, temperature=0)
+        merged = generate(merge_lora(model), prompt, 12, temperature=0)
+        base = generate(_model(), prompt, 12, temperature=0)
+    assert torch.equal(ours, merged) and not torch.equal(ours, base)
