@@ -230,7 +230,7 @@ def test_rank_8_on_the_6x512_llama_trains_under_2_percent():
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     # In eval mode: the same gradients here (no dropout), without compiling the CPU training kernels.
     idx = torch.randint(0, size.vocab_size, (1, 16))
-    loss, _ = model.loss(idx, idx)
+    loss = model(idx, idx)
     loss.backward()
     optimizer.step()
     held = {id(p) for p in optimizer.state}
@@ -269,3 +269,14 @@ def test_adapted_and_merged_models_decode_the_same_tokens():
         merged = generate(merge_lora(model), prompt, 12, temperature=0)
         base = generate(_model(), prompt, 12, temperature=0)
     assert torch.equal(ours, merged) and not torch.equal(ours, base)
+
+
+def test_a_head_adapter_trains_through_the_models_loss():
+    """model(idx, targets) reaches the head's adapter: its B gets a gradient."""
+    model = DecoderLM(ModelConfig(vocab_size=50, max_seq_len=16, d_model=32, n_layer=1, n_head=2, position="rope",
+                                  norm="rmsnorm", ffn="swiglu", tie_embeddings=False))
+    apply_lora(model, LoRAConfig(rank=2, targets=("q",), head=True))
+    idx = torch.randint(0, 50, (2, 8))
+    model(idx, idx).backward()
+    grads = [p.grad for n, p in model.named_parameters() if n.startswith("lm_head.") and p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)

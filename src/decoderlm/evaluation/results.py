@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from decoderlm.checkpoint_io import json_writer, read_json, write_file_atomic
+from decoderlm.checkpoint_io import read_json
+from decoderlm.fileio import json_writer, write_file_atomic
 
 EVAL_NAME = "eval.json"
 

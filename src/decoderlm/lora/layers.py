@@ -82,8 +82,7 @@ class LoRALinear(nn.Module):
 
     def weight_with_adapters(self) -> torch.Tensor:
         """W + scale * delta W, differentiable, computed in fp32 (at least). For code that reads a
-        layer's weight instead of calling it (the chunked head + cross-entropy reads lm_head.weight):
-        the same as calling the layer, without adapter dropout."""
+        layer's weight instead of calling it: the same as calling the layer, without adapter dropout."""
         compute = torch.promote_types(self.weight.dtype, torch.float32)
         rows = []
         for name, n in self.parts:
@@ -92,6 +91,13 @@ class LoRALinear(nn.Module):
             else:
                 rows.append(torch.zeros(n, self.in_features, dtype=compute, device=self.weight.device))
         return self.weight.to(compute) + torch.cat(rows) * self.scale
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """In place of the model's head: the head's cross-entropy on this layer's logits (adapters
+        included), so `model(idx, targets)` trains a head adapter too."""
+        from decoderlm.model.transformer import Head
+
+        return Head.loss(self, x, targets)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:

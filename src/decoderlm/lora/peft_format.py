@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from decoderlm.checkpoint_io import commit_files, json_writer, read_json, read_safetensors, safetensors_writer
+from decoderlm.checkpoint_io import read_json, read_safetensors
+from decoderlm.fileio import commit_files, json_writer, safetensors_writer
 from decoderlm.errors import DecoderLMError
 from decoderlm.lora.apply import adapter_shapes, apply_lora, lora_config_of, lora_layers
 from decoderlm.lora.config import HEAD, TARGETS, LoRAConfig

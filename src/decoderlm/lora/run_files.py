@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, commit_files, json_writer,
-                                     read_json, read_safetensors, safetensors_writer)
+from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json, read_safetensors
+from decoderlm.fileio import commit_files, json_writer, safetensors_writer
 from decoderlm.errors import DecoderLMError
 from decoderlm.lora.apply import apply_lora, lora_config_of
 from decoderlm.lora.config import LoRAConfig
