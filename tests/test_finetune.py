@@ -69,8 +69,8 @@ def test_chat_finetune_learns_a_task_it_could_not_do(base_run, tmp_path):
     countries = list(CAPITALS)
     data = _write_jsonl(tmp_path / "chat.jsonl", map(_chat, countries * 8))
     code, _, _ = run_cli(["train", "--init-from", base_run, "--data", data, "--out", tmp_path / "ft", *COMMON,
-                          "--set", "train.max_steps=40", "train.batch_size=8", "train.lr=1e-2", "train.warmup_steps=5",
-                          "train.eval_every=40", "train.time_budget=none", "train.compile=false",
+                          "--set", "train.max_steps=60", "train.batch_size=8", "train.lr=1e-2", "train.warmup_steps=5",
+                          "train.eval_every=60", "train.time_budget=none", "train.compile=false",
                           "train.dtype=float32", "data.val_fraction=0.05"])
     assert code == 0
     before = _accuracy(tmp_path / "ft", countries, weights_from=base_run)  # the fine-tune's starting point
