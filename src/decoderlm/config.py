@@ -170,6 +170,7 @@ class TrainConfig(_DictMixin):
     save_every: int | None = None  # default: at each evaluation
     log_every: int = 10
     seed: int = 1337
+    init_from: str | None = None  # start from these weights (a run or Hugging Face directory), fresh optimizer
     sample_prompts: tuple[str, ...] = ()
     sample_tokens: int = 100
     sample_temperature: float = 0.8
@@ -183,6 +184,10 @@ class DataConfig(_DictMixin):
     tokenizer: str = "bpe"  # bpe | wordpiece | word | gpt2 | char | toy | path to a saved tokenizer
     vocab_size: int = 4096
     val_fraction: float = 0.1
+    # Chat data (a JSONL of conversations as --data; see docs/finetuning.md):
+    loss_on: str = "assistant"  # assistant | last | all: which tokens the loss covers
+    overflow: str = "truncate"  # truncate | drop: examples longer than the context
+    layout: str = "packed"  # packed | padded: examples per training window
 
 
 @dataclass

@@ -5,6 +5,7 @@
       config.json           the full recipe (model + train + data)
       model.safetensors     the published weights: the best so far, or the last without evaluation
       tokenizer files       tokenizer.json + tokenizer_config.json, or the tokenizer's own files
+      chat_template.jinja   the chat template, for a chat fine-tune or a model started from one that has it
       data.json             where the token data is: {"path": "data"} inside the run, or an absolute path
       data/                 token data prepared for this run (a data directory of its own)
       checkpoints/last/     model.safetensors + train_state.pt, replaced as one directory
@@ -39,6 +40,7 @@ PLOT_NAME = "loss.png"
 DATA_LINK_NAME = "data.json"
 DATA_DIR_NAME = "data"
 CHECKPOINTS_NAME = "checkpoints"
+TEMPLATE_NAME = "chat_template.jinja"  # the model's chat template (decoderlm.chat.template reads it)
 KIND = "run"
 
 
@@ -206,13 +208,15 @@ class RunDirectory:
         """Record where the run's token data is (DATA_DIR_NAME, or an absolute path outside)."""
         fileio.write_file_atomic(self._target(self.path / DATA_LINK_NAME), fileio.json_writer({"path": str(link)}))
 
-    def write_model(self, recipe: Recipe, weights: dict[str, torch.Tensor], tokenizer=None) -> None:
-        """config.json, the tokenizer's files and model.safetensors, committed as one group (the
-        weights last): a loadable model directory."""
+    def write_model(self, recipe: Recipe, weights: dict[str, torch.Tensor], tokenizer=None, chat_template=None) -> None:
+        """config.json, the tokenizer's files, the chat template (chat_template.jinja) and
+        model.safetensors, committed as one group (the weights last): a loadable model directory."""
         writers = [(self._target(self.config_file), fileio.json_writer(recipe.to_dict()))]
         if tokenizer is not None:
             writers += [(self._target(self.path / name), fileio.bytes_writer(data))
                         for name, data in tokenizer_files(tokenizer, self.path).items()]
+        if chat_template is not None:
+            writers.append((self._target(self.path / TEMPLATE_NAME), fileio.bytes_writer(chat_template.source.encode())))
         writers.append((self._target(self.weights_file), fileio.safetensors_writer(weights, {"format": "pt"})))
         fileio.commit_files(writers)
 

@@ -29,6 +29,9 @@ def register(sub):
     p.add_argument("--set", dest="sets", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override settings: --set train.lr=1e-3 model.n_layer=2 data.vocab_size=512 "
                         "(a bare key means train.*); repeatable")
+    p.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
+                   help="start from this checkpoint's weights, model config and tokenizer (a decoderlm run or a "
+                        "Hugging Face directory), with a fresh optimizer; --data may then be chat data (JSONL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--stop-at-step", type=int, metavar="N",
@@ -45,6 +48,8 @@ def train_command(args) -> int:
     from decoderlm.train.loop import Trainer
     from decoderlm.train.rundir import new_run, resumed_run
 
+    if args.resume and args.init_from:
+        raise DecoderLMError("--init-from starts a new run; a resumed run continues from its own checkpoint")
     if args.resume and args.overwrite:
         raise DecoderLMError("--resume and --overwrite contradict each other; choose one")
     sets = args.sets + _data_flags(args)
@@ -72,7 +77,7 @@ def train_command(args) -> int:
             recipe, data, run = resumed_run(out, args.preset, args.data, sets, sync=on_main)
         else:
             recipe, data, run = new_run(out, args.preset, args.data, sets, overwrite=args.overwrite, sync=on_main,
-                                        mirror=args.mirror)
+                                        mirror=args.mirror, init_from=args.init_from)
         try:
             trainer = Trainer(recipe, data, run, resume=args.resume, progress=not args.no_progress,
                               stop_at_step=args.stop_at_step)
@@ -82,8 +87,9 @@ def train_command(args) -> int:
             raise
         main = dist_state.is_main
         if main:
+            unit = "examples" if trainer.chat else "tokens"
             print(f"training {recipe.name} on {data.directory} ({len(data.train):,} train / {len(data.val):,} val "
-                  f"tokens) into {out}" + (f" across {dist_state.world_size} processes" if dist_state.enabled else ""))
+                  f"{unit}) into {out}" + (f" across {dist_state.world_size} processes" if dist_state.enabled else ""))
             hint = None if args.resume else warmup_hint(recipe.train, getattr(trainer, "total_steps", None))
             if hint:
                 print(hint)

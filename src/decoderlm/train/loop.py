@@ -28,7 +28,8 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
 from decoderlm.rundir import RunDirectory
-from decoderlm.train import distributed
+from decoderlm.chat.dataset import ChatBatches
+from decoderlm.train import distributed, finetune
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.device import autocast, autocast_dtype
 from decoderlm.train.interrupt import StopRequest
@@ -73,6 +74,8 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         model = DecoderLM(recipe.model)
+        if cfg.init_from and not resume:
+            finetune.init_weights(model, recipe)
         self.counters = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "bad_steps": 0,
                          "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
         saved = None
@@ -95,14 +98,23 @@ class Trainer:
             distributed.load_optimizer_state(self.wrapped, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])
             _restore_rng(saved.get("rng"))
-        self.eval_enabled = cfg.eval_every > 0 and len(data.val) > self.block
+        self.eval_enabled = cfg.eval_every > 0 and (len(data.val) > 0 if self.chat else len(data.val) > self.block)
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
         self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
 
     # -- set-up helpers ---------------------------------------------------------------------------
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.data, finetune.ChatData)
+
+    def _chat_batches(self, examples) -> ChatBatches:
+        return ChatBatches(examples, self.block, self.cfg.batch_size, self.recipe.data.layout, self.cfg.seed)
+
     def _train_sampler(self):
         cfg = self.cfg
+        if self.chat:
+            return finetune.ChatSampler(self._chat_batches(self.data.train))
         # Every rank draws the same global batch and takes its own rows (see train/batches.py).
         if cfg.sampler == "sequential":
             return SequentialWindows(self.data.train, self.block, cfg.batch_size, stride=cfg.stride, seed=cfg.seed)
@@ -112,6 +124,8 @@ class Trainer:
         cfg = self.cfg
         if isinstance(self.sampler, SequentialWindows):
             per_epoch = self.sampler.batches_per_epoch
+        elif self.chat:
+            per_epoch = self.sampler.batches.steps_per_epoch
         else:
             per_epoch = max(1, len(self.data.train) // (cfg.batch_size * self.block))
         limits = [cfg.max_steps] if cfg.max_steps else []
@@ -183,14 +197,14 @@ class Trainer:
         lr_scale = lr_factor(c["step"], cfg, horizon(c["step"], self.total_steps,
                                                       c["elapsed"] / self.budget if self.budget else 0.0))
         set_lr(self.optimizer, lr_scale)
-        x, y = self.sampler.next_batch()
+        x, y, extras = _batch_parts(self.sampler.next_batch())
         # Dropout's randomness from (seed, step, rank): resume needs no RNG state to be exact.
         torch.manual_seed(cfg.seed + 1_000_003 * (c["step"] + 1) + self.dist.rank)
-        pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum)
+        pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum, extras)
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(pieces):
             with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.autocast_dtype):
-                loss = self.forward(mb.x.to(self.device), mb.y.to(self.device))
+                loss = self.forward(mb.x.to(self.device), mb.y.to(self.device), **mb.model_kwargs(self.device))
             (loss * mb.weight).backward()
             if self.master:
                 self.master.collect_grads()
@@ -240,6 +254,8 @@ class Trainer:
         """Mean validation loss over `eval_batches` global batches, the same windows every time
         (a fresh sampler with a fixed seed), so evaluations are comparable."""
         cfg = self.cfg
+        if self.chat:
+            return self._evaluate_chat()
         sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
         self.wrapped.eval()
@@ -254,6 +270,24 @@ class Trainer:
             self.wrapped.train()
         sums = distributed.all_reduce_sum(sums, self.dist)
         return float(sums[0] / sums[1])
+
+    @torch.no_grad()
+    def _evaluate_chat(self) -> float:
+        """Mean loss per loss token (assistant tokens by default) over every held-out example. Each
+        process computes all of it (held-out chat sets are small), so no collective is needed."""
+        total, tokens = 0.0, 0
+        self.wrapped.eval()
+        try:
+            for batch in self._chat_batches(self.data.val).in_order():
+                x, y, extras = _batch_parts(batch)
+                kwargs = {k: v.to(self.device) for k, v in extras.items() if v is not None}
+                with autocast(self.device, self.autocast_dtype):
+                    ce = self._cross_entropy(self.compute_model(x.to(self.device), y.to(self.device), **kwargs))
+                total += float(ce) * batch.loss_tokens
+                tokens += batch.loss_tokens
+        finally:
+            self.wrapped.train()
+        return total / max(tokens, 1)
 
     def _evaluate_and_track(self, bar) -> float:
         c = self.counters
@@ -291,7 +325,17 @@ class Trainer:
             self.run.write_recipe(self.recipe)
             self.run.truncate_metrics(self.counters["step"])
         else:
-            self.run.write_model(self.recipe, weights, self.data.tokenizer)
+            self.run.write_model(self.recipe, weights, self.data.tokenizer, self._chat_template())
+
+    def _chat_template(self):
+        """The template the model chats with: the chat data's, else that of the checkpoint it started from."""
+        if self.chat:
+            return self.data.chat_template
+        if self.cfg.init_from:
+            from decoderlm.chat import read_saved_template
+
+            return read_saved_template(self.cfg.init_from)
+        return None
 
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
@@ -316,6 +360,14 @@ class Trainer:
                 self.run.publish(weights)
         self.saved_step = self.counters["step"]
         distributed.barrier(self.dist)
+
+
+def _batch_parts(batch):
+    """(x, y, extras) of a sampler's batch: token windows are (x, y); chat batches carry positions
+    and the block-diagonal mask of packed rows too."""
+    if isinstance(batch, tuple):
+        return batch[0], batch[1], {}
+    return batch.idx, batch.targets, {"positions": batch.positions, "attention_mask": batch.attention_mask}
 
 
 def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool):

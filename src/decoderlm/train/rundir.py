@@ -18,6 +18,7 @@ from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
 from decoderlm.rundir import RunDirectory
 from decoderlm.train.device import DTYPES
+from decoderlm.train import finetune
 from decoderlm.train.distributed import PARALLEL
 from decoderlm.train.optim import OPTIMIZERS
 from decoderlm.train.overrides import apply_overrides, parse_overrides
@@ -34,37 +35,72 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *, overwrite: bool = False,
-            sync=lambda fn: fn(), mirror: str | None = None) -> tuple[Recipe, TokenData, RunDirectory]:
+            sync=lambda fn: fn(), mirror: str | None = None, init_from: str | None = None):
     """Check everything, then (rank 0, through `sync`) lock `out`, prepare the data (downloads from
-    `mirror` if given) and record it. Rank 0 gets the locked run directory; the other ranks only read theirs."""
+    `mirror` if given) and record it. Rank 0 gets the locked run directory; the other ranks only read theirs.
+    `init_from`: start from that checkpoint's model, weights and tokenizer (decoderlm.train.finetune)."""
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
+    init = None
+    if init_from is not None:
+        init = finetune.load_init(init_from)
+        recipe = finetune.init_recipe(recipe, overrides.get("model", {}), init, init_from)
     check_train_config(recipe)
+    chat = None
+    if finetune.is_chat_data(data):
+        if init is None:
+            raise DecoderLMError(f"--data {data} is chat data: give the model to fine-tune with --init-from RUN_OR_HF_DIR")
+        chat = finetune.ChatPrep(data, recipe, init, init.path)  # rendered before anything is written
+        recipe = recipe.replace(model=recipe.model.replace(vocab_size=chat.vocab_size))
+        print(chat.summary)
     prepared = data is not None and is_prepared(data)
-    if data is not None and not prepared:
+    if data is not None and not prepared and chat is None:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
-    explicit_vocab = "vocab_size" in overrides.get("model", {})
+    if init is not None and chat is None and not prepared:  # new text in the checkpoint's own tokens
+        recipe = recipe.replace(data=recipe.data.replace(tokenizer=str(init.path)))
+    explicit_vocab = "vocab_size" in overrides.get("model", {}) or init is not None
     run = RunDirectory(out)
 
     def create() -> None:  # on rank 0 only: other ranks would see the directory it creates
         nonlocal run
         run = RunDirectory.create(out, overwrite=overwrite)
         try:
-            _add_data(run, recipe, data if prepared else None, explicit_vocab, mirror)
+            if chat is not None:
+                _add_chat_data(run, chat)
+            else:
+                _add_data(run, recipe, data if prepared else None, explicit_vocab and init is None, mirror,
+                          strict=init is None)
         except BaseException:
             run.abandon()
             raise
 
     sync(create)
+    if chat is not None:
+        return recipe, finetune.ChatData(run.data_path()), run
     token_data = TokenData.open(run.data_path())
     return _fit_vocab(recipe, token_data, explicit_vocab or prepared), token_data, run
 
 
+def _add_chat_data(run: RunDirectory, chat) -> None:
+    staged = run.stage_data()
+    try:
+        chat.write(staged)
+        run.clear()
+        run.adopt_data(staged)
+    finally:
+        fileio.remove_tree(staged)
+
+
+def open_data(directory):
+    """The data of a run: chat examples or token data."""
+    return finetune.ChatData(directory) if finetune.is_chat_dir(directory) else TokenData.open(directory)
+
+
 def _add_data(run: RunDirectory, recipe: Recipe, prepared: str | None, explicit_vocab: bool,
-              mirror: str | None = None) -> None:
+              mirror: str | None = None, strict: bool = True) -> None:
     """Link prepared data, or prepare the recipe's sources inside the run; then clear an old run."""
     if prepared is not None:
-        _check_vocab(recipe, TokenData.open(prepared), True, Path(prepared))
+        _check_vocab(recipe, TokenData.open(prepared), strict, Path(prepared))
         run.clear()
         run.link_data(Path(prepared).expanduser().resolve())
         return
@@ -103,8 +139,8 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
     if data is not None and not is_prepared(data):
         raise DecoderLMError(f"--data {data} is not a prepared data directory; to resume, give the run's "
                              f"data directory or leave --data out")
-    token_data = TokenData.open(data if data is not None else run.data_path())
-    _check_vocab(recipe, token_data, True, token_data.directory)
+    token_data = open_data(data if data is not None else run.data_path())
+    _check_vocab(recipe, token_data, recipe.train.init_from is None, token_data.directory)
 
     def lock() -> None:
         nonlocal run
