@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from decoderlm.config import preset_names
+from decoderlm.presets import preset_names
 from decoderlm.errors import DecoderLMError
 
 
