@@ -19,6 +19,7 @@ from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, 
                                      native_state_dict, read_json, read_weights, safetensors_writer)
 from decoderlm.config import ModelConfig, Recipe
 from decoderlm.errors import DecoderLMError
+from decoderlm.memory import require_model
 from decoderlm.model import DecoderLM
 
 FORMATS = ("native", "hf")
@@ -87,6 +88,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     else:
         recipe, source_format = _recipe(config_json, directory), "native"
         config, state = recipe.model, read_weights(directory)
+    require_model(config, torch.float32, "cpu")  # it is built in fp32 on the CPU, then moved
     model = DecoderLM(config)
     check_and_load(model, state, directory)
     dtype = _dtype(dtype)
@@ -117,11 +119,10 @@ def _recipe(config_json: dict[str, Any], directory: Path) -> Recipe:
     if not isinstance(config_json.get("model"), dict):
         raise DecoderLMError(f"{where} has no 'model' section (nor a Hugging Face 'model_type'); "
                              f"is it a decoderlm config.json?")
-    for section in ("train", "data"):
-        if not isinstance(config_json.get(section, {}), dict):
-            raise DecoderLMError(f"{where}: '{section}' must be an object")
     try:
         return Recipe.from_dict(config_json)
+    except DecoderLMError as err:  # a field's type or range
+        raise DecoderLMError(f"invalid {where}: {err}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as err:  # wrongly typed fields
         raise DecoderLMError(f"invalid {where}: {' '.join(str(err).split())}") from None
 

@@ -21,7 +21,7 @@ import torch
 from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, json_writer, safetensors_writer,
                                      write_file_atomic)
 from decoderlm.compile_support import can_compile
-from decoderlm.config import Recipe
+from decoderlm.config import Recipe, parse_duration
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
 from decoderlm.model import DecoderLM
@@ -31,8 +31,8 @@ from decoderlm.train.device import autocast, autocast_dtype
 from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
                                      plot_losses, progress_bar)
 from decoderlm.train.optim import build_optimizer, set_lr
-from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
-from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.train.precision import MasterWeights, use_master_weights
+from decoderlm.train.schedule import horizon, lr_factor
 
 
 @dataclass
@@ -55,14 +55,10 @@ class Trainer:
         self.dist = distributed.setup()
         self.device = self.dist.device
         self.block = cfg.block_size or recipe.model.max_seq_len
-        if not 0 < self.block <= recipe.model.max_seq_len:
-            raise DecoderLMError(f"train.block_size {self.block} must be between 1 and the model's context "
-                                 f"({recipe.model.max_seq_len})")
         self.amp = autocast_dtype(self.device, cfg.dtype)
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
-        check_master_weights(cfg.master_weights, self.dist.world_size)
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 
