@@ -76,6 +76,17 @@ def one_line_warnings():
         warnings.showwarning = shown
 
 
+def _require_memory(lm, args) -> None:
+    """Before the prompt is repeated --num-samples times: refuse what cannot fit, in one line."""
+    from decoderlm.generate.options import require_decoding_memory
+
+    # Values below 1 are refused by name when generation starts.
+    weight = next(lm.model.parameters())
+    require_decoding_memory(lm.config, args.num_samples * args.num_beams, len(lm.tokenizer.encode(args.prompt)) or 1,
+                            args.max_new_tokens, weight.dtype, weight.device,
+                            f"--num-samples {args.num_samples} x --num-beams {args.num_beams}")
+
+
 def generate_command(args) -> int:
     from decoderlm.generate.text import complete, stream_text
 
@@ -83,6 +94,7 @@ def generate_command(args) -> int:
         raise DecoderLMError("--stream prints one completion as it is generated: use it without "
                              "--num-samples, --num-beams or --json")
     lm = load_model(args)
+    _require_memory(lm, args)
     kwargs = sampling_kwargs(args)
     with one_line_warnings():
         if args.stream:
