@@ -1,5 +1,5 @@
 """Data preparation throughput: `prepare` (read, train a 16k BPE, tokenize, write shards) in MB/s of
-UTF-8 text, on ../shared/corpus/books when it is there, else on the embedded corpus."""
+UTF-8 text, on the embedded corpus or on the source given (`decoderlm bench --data-source SPEC`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from pathlib import Path
 
 from decoderlm.data.shards import TokenData, prepare
 
-SHARED_BOOKS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus" / "books"
+DEFAULT_SOURCE = "shakespeare"
 
 
-def run(quick: bool = False, books: Path | None = None) -> list[dict]:
-    books = books or SHARED_BOOKS
-    source = str(books) if books.is_dir() else "shakespeare"
+def run(quick: bool = False, source: str | None = None) -> list[dict]:
+    source = source or DEFAULT_SOURCE
     vocab = 4096 if quick else 16384
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -23,7 +22,7 @@ def run(quick: bool = False, books: Path | None = None) -> list[dict]:
         meta = TokenData.open(out).meta
     megabytes = (meta["train_bytes"] + meta["val_bytes"]) / 1e6
     return [{
-        "suite": "data", "source": "shared/corpus/books" if books.is_dir() else "shakespeare",
+        "suite": "data", "source": source,
         "tokenizer": f"bpe {vocab}", "MB": megabytes, "seconds": seconds, "MB/s": megabytes / seconds,
         "tokens": meta["train_tokens"] + meta["val_tokens"],
     }]

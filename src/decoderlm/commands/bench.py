@@ -24,6 +24,8 @@ def register(sub):
                    help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--data-source", metavar="SPEC", help="what the data suite prepares: any --source of "
+                                                        "`decoderlm prepare` (default: the embedded shakespeare)")
     p.set_defaults(func=bench)
 
 
@@ -35,12 +37,15 @@ def bench(args) -> int:
     names = ALL if args.suite == "all" else (args.suite,)
     if args.json and Path(args.json).is_dir():
         raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
+    if args.data_source and "data" not in names:
+        raise DecoderLMError("--data-source is for the data suite; add --suite data")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)
-        rows = module.run(quick=args.quick)
+        options = {"source": args.data_source} if name == "data" else {}
+        rows = module.run(quick=args.quick, **options)
         measured = [r for r in rows if "check" not in r]
         checks = [r for r in rows if "check" in r]
         print(markdown_table(measured, module.COLUMNS), flush=True)
