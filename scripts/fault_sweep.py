@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -170,8 +171,8 @@ class Workspace:
 
 def set_up(root: Path, server: str) -> Workspace:
     w = Workspace(root, data=root / "DATA", run=root / "RUN", server=server)
-    for args in (["prepare", "--source", "shakespeare", "--tokenizer", "bpe", "--vocab-size", 512, "--out", w.data,
-                  "--no-progress"], ["train", *tiny(w.data), "--out", w.run]):
+    for args in (["prepare", "--source", "shakespeare", "--max-docs", 4, "--tokenizer", "bpe", "--vocab-size", 512,
+                  "--out", w.data, "--no-progress"], ["train", *tiny(w.data), "--out", w.run]):
         result = cli(args)
         if result.returncode:
             sys.exit(f"set-up failed: decoderlm {args[0]}: {result.stderr.strip()}")
@@ -502,25 +503,34 @@ def serve() -> tuple[ThreadingHTTPServer, str]:
 
 
 # -- main -------------------------------------------------------------------------------------------
-def run_cases(w: Workspace, only: list[str] | None, verbose: bool) -> tuple[list[tuple[str, str]], int]:
-    """Run the chosen cases; returns the failures (name, why) and how many cases ran."""
-    failures = []
+def run_case(w: Workspace, fn: Callable[[Workspace], None]) -> tuple[str | None, float]:
+    """(why it failed or None, seconds)."""
+    started = time.monotonic()
+    try:
+        fn(w)
+        outcome = None
+    except Failed as err:
+        outcome = str(err)
+    except subprocess.TimeoutExpired as err:
+        outcome = f"timed out after {err.timeout} s"
+    return outcome, time.monotonic() - started
+
+
+def run_cases(w: Workspace, only: list[str] | None, jobs: int, verbose: bool) -> tuple[list[tuple[str, str]], int]:
+    """Run the chosen cases, `jobs` at a time (each in its own directories); returns the failures
+    (name, why) in case order and how many cases ran."""
     chosen = [(name, fn) for name, fn in CASES if not only or name.startswith(tuple(only))]
     data_before, run_before = snapshot(w.data), snapshot(w.run)
-    for name, fn in chosen:
-        started = time.monotonic()
-        try:
-            fn(w)
-            outcome = None
-        except Failed as err:
-            outcome = str(err)
-        except subprocess.TimeoutExpired as err:
-            outcome = f"timed out after {err.timeout} s"
-        if outcome:
-            failures.append((name, outcome))
-        if verbose:
-            print(f"{'ok  ' if not outcome else 'FAIL'} {name} ({time.monotonic() - started:.1f} s)"
-                  + (f"\n     {outcome}" if outcome else ""), flush=True)
+    outcomes = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_case, w, fn): name for name, fn in chosen}
+        for future in as_completed(futures):
+            name = futures[future]
+            outcome, seconds = outcomes[name] = future.result()
+            if verbose:
+                print(f"{'ok  ' if not outcome else 'FAIL'} {name} ({seconds:.1f} s)"
+                      + (f"\n     {outcome}" if outcome else ""), flush=True)
+    failures = [(name, outcomes[name][0]) for name, _ in chosen if outcomes[name][0]]
     for what, root, before in (("the shared data directory", w.data, data_before), ("the shared run", w.run, run_before)):
         try:
             unchanged(before, root, what)
@@ -534,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="PREFIX", action="append",
                         help="run only the cases whose name starts with PREFIX (repeatable)")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR (kept afterwards) instead of a temporary one")
+    parser.add_argument("-j", "--jobs", type=int, default=2, help="cases run at a time (default 2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each case as it finishes")
     args = parser.parse_args(argv)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="decoderlm-sweep-"))
@@ -541,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     httpd, url = serve()
     try:
         w = set_up(root, url)
-        failures, total = run_cases(w, args.only, args.verbose)
+        failures, total = run_cases(w, args.only, max(1, args.jobs), args.verbose)
     finally:
         httpd.shutdown()
         if not args.keep:

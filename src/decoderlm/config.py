@@ -141,7 +141,14 @@ class _Section:
         return cls(**data)
 
     def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes)  # a new instance: validated again
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a one-line DecoderLMError for the first bad value (sections add their own rules)."""
+        self._check_fields()
 
     def _check_fields(self) -> None:
         """Each field's type (JSON may hold anything) and range, before any arithmetic on them."""
@@ -200,9 +207,6 @@ class ModelConfig(_Section):
     dropout: float = setting(0.0, UNIT_OPEN)  # embedding and residual dropout
     attn_dropout: float = setting(0.0, UNIT_OPEN)
     init_std: float = setting(0.02, POSITIVE)
-
-    def __post_init__(self):
-        self.validate()
 
     def validate(self) -> None:
         """Types and ranges, then the derived sizes, then the rules between fields."""
@@ -287,9 +291,6 @@ class TrainConfig(_Section):
     sample_tokens: int = setting(100, COUNT)
     sample_temperature: float = setting(0.8, NON_NEGATIVE)
 
-    def __post_init__(self):
-        self.validate()
-
     def validate(self) -> None:
         self._check_fields()
         parse_duration(self.time_budget)
@@ -307,9 +308,6 @@ class DataConfig(_Section):
     vocab_size: int = setting(4096, SIZE)
     val_fraction: float = setting(0.1, UNIT_OPEN)
 
-    def __post_init__(self):
-        self._check_fields()
-
 
 @dataclass
 class Recipe(_Section):
@@ -323,7 +321,8 @@ class Recipe(_Section):
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
 
-    def __post_init__(self):
+    def validate(self) -> None:
+        """The sections checked themselves when they were made; what is left ties them together."""
         _check_rules([
             (isinstance(self.name, str) and isinstance(self.description, str),
              "a recipe's name and description must be text"),

@@ -44,11 +44,12 @@ def _host_available_bytes() -> int | None:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    """'512 B', '1.5 GB' (decimal units, as disk and memory sizes are quoted)."""
+    units = ("B", "kB", "MB", "GB", "TB", "PB")
+    power = 0
+    while n >= 1000 and power < len(units) - 1:
+        n, power = n / 1000, power + 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.1f} {units[power]}"
 
 
 def require(needed: int, what: str, device: torch.device | str = "cpu", hint: str = "") -> None:

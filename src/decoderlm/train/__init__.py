@@ -3,7 +3,8 @@
 loop.py the loop; optim.py / schedule.py optimisers and lr schedules; batches.py how a global batch
 is split over processes and micro-batches; checkpoint.py crash-safe checkpoints; metrics.py logs,
 plot and MFU; distributed.py torchrun / DDP / FSDP2; device.py device and precision; rundir.py and
-overrides.py the run directory, data and `--set` handling.
+overrides.py the run directory, data and `--set` handling; preflight.py whether this machine and
+launch can train a recipe (its values are checked in decoderlm.config).
 """
 
 from decoderlm.train.loop import Trainer, TrainResult, train
