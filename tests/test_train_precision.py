@@ -5,7 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from decoderlm.config import ModelConfig, get_recipe
+from decoderlm.config import ModelConfig
+from decoderlm.presets import get_recipe
 from decoderlm.data.shards import TokenData
 from decoderlm.model import DecoderLM
 from decoderlm.rundir import RunDirectory
@@ -52,15 +53,15 @@ def test_master_weights_refused_under_torchrun(monkeypatch):
     """Checked with the other train settings, before anything is written, on every rank alike
     (`decoderlm train` under torchrun printed the same one line from both ranks, exit 2)."""
     from decoderlm.errors import DecoderLMError
-    from decoderlm.train.rundir import check_train_config
+    from decoderlm.train.preflight import check_can_train
 
     recipe = get_recipe("toy")
     recipe = recipe.replace(train=recipe.train.replace(master_weights=True))
-    check_train_config(recipe)  # one process: fine
+    check_can_train(recipe)  # one process: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DecoderLMError, match="train.master_weights is for single-process training"):
-        check_train_config(recipe)
-    check_train_config(recipe.replace(train=recipe.train.replace(master_weights=None)))  # unset: autocast
+        check_can_train(recipe)
+    check_can_train(recipe.replace(train=recipe.train.replace(master_weights=None)))  # unset: autocast
 
 
 def test_master_weights_where_measured():

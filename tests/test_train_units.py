@@ -11,7 +11,8 @@ from decoderlm import DecoderLM, DecoderLMError, ModelConfig, TrainConfig, get_r
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.optim import build_optimizer, is_muon_param
 from decoderlm.train.overrides import apply_overrides, parse_overrides
-from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.config import parse_duration
+from decoderlm.train.schedule import horizon, lr_factor
 
 TINY = ModelConfig(vocab_size=32, max_seq_len=8, d_model=16, n_layer=2, n_head=2, position="rope", ffn="swiglu",
                    norm="rmsnorm", qkv_bias=False, attn_out_bias=False, mlp_bias=False, tie_embeddings=True)

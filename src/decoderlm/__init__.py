@@ -1,7 +1,8 @@
 """decoderlm: build, train and run decoder-only transformer language models."""
 
-from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig, get_recipe, preset_names
+from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig
 from decoderlm.errors import DecoderLMError
+from decoderlm.presets import get_recipe, preset_names
 
 __version__ = "0.1.0"
 

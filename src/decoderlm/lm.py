@@ -17,6 +17,7 @@ import torch
 from decoderlm.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, check_and_load, native_state_dict, read_json, read_weights
 from decoderlm.config import ModelConfig, Recipe
 from decoderlm.errors import DecoderLMError
+from decoderlm.memory import require_model
 from decoderlm.model import DecoderLM
 from decoderlm.rundir import RunDirectory, recipe_from_json, tokenizer_files
 
@@ -83,6 +84,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     else:
         recipe, source_format = recipe_from_json(config_json, directory / CONFIG_NAME), "native"
         config, state = recipe.model, read_weights(directory)
+    require_model(config, torch.float32, "cpu")  # it is built in fp32 on the CPU, then moved
     model = DecoderLM(config)
     check_and_load(model, state, directory)
     dtype = _dtype(dtype)

@@ -261,6 +261,8 @@ def recipe_from_json(config_json: dict[str, Any], where: Path) -> Recipe:
             raise DecoderLMError(f"{where}: '{section}' must be an object")
     try:
         return Recipe.from_dict(config_json)
+    except DecoderLMError as err:  # a field's type or range
+        raise DecoderLMError(f"invalid {where}: {err}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as err:  # wrongly typed fields
         raise DecoderLMError(f"invalid {where}: {' '.join(str(err).split())}") from None
 

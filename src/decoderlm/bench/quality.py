@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 import decoderlm
-from decoderlm.config import DataConfig, Recipe, TrainConfig, get_recipe
+from decoderlm.config import DataConfig, Recipe, TrainConfig, parse_duration
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
+from decoderlm.presets import get_recipe
 from decoderlm.train import train
 from decoderlm.train.device import autocast_dtype
-from decoderlm.train.schedule import parse_duration
 
 DEFAULT_BUDGET = 600.0  # seconds per contender (issue 6)
 QUICK_BUDGET = 60.0

@@ -31,6 +31,8 @@ def register(sub):
     p.add_argument("--data-sizes", metavar="SIZES",
                    help="data suite: corpus sizes, comma-separated (default 100MB,500MB,1GB; --quick: 3MB,6MB)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--data-source", metavar="DIR", help="data suite: a directory of books to build the corpora from "
+                                                       "(default ../shared/corpus/books, else the embedded shakespeare)")
     p.set_defaults(func=bench)
 
 
@@ -42,6 +44,8 @@ def bench(args) -> int:
     names = ALL if args.suite == "all" else (args.suite,)
     if args.json and Path(args.json).is_dir():
         raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
+    if args.data_source and "data" not in names:
+        raise DecoderLMError("--data-source is for the data suite; add --suite data")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.quick:
@@ -50,7 +54,10 @@ def bench(args) -> int:
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)
-        options = {"sizes": args.data_sizes.split(",")} if name == "data" and args.data_sizes else {}
+        options = {}
+        if name == "data":  # the corpus sizes, and a directory of books to build them from
+            options = {"sizes": args.data_sizes.split(",") if args.data_sizes else None,
+                       "books": Path(args.data_source) if args.data_source else None}
         rows = module.run(quick=args.quick, **options)
         measured = [r for r in rows if "check" not in r]
         checks = [r for r in rows if "check" in r]

@@ -85,6 +85,18 @@ def compile_notice(args) -> None:
         print("decoderlm: compiling the decode step (once, ~1 min)...", file=sys.stderr, flush=True)
 
 
+def _require_memory(lm, args, prompts: list[str]) -> None:
+    """Before the prompts are repeated --num-samples times: refuse what cannot fit, in one line."""
+    from decoderlm.generate.options import require_decoding_memory
+
+    # Values below 1 are refused by name when generation starts.
+    weight = next(lm.model.parameters())
+    longest = max((len(lm.tokenizer.encode(p)) for p in prompts), default=0) or 1
+    require_decoding_memory(lm.config, len(prompts) * args.num_samples * args.num_beams, longest,
+                            args.max_new_tokens, weight.dtype, weight.device,
+                            f"{len(prompts)} prompt(s) x --num-samples {args.num_samples} x --num-beams {args.num_beams}")
+
+
 def generate_command(args) -> int:
     from decoderlm.generate.text import complete
 
@@ -93,6 +105,7 @@ def generate_command(args) -> int:
         raise DecoderLMError("--stream prints one completion as it is generated: use it with one --prompt and "
                              "without --num-samples, --num-beams or --json")
     lm = load_model(args)
+    _require_memory(lm, args, prompts)
     kwargs = sampling_kwargs(args)
     compile_notice(args)
     with one_line_warnings():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from decoderlm.config import get_recipe, preset_names
+from decoderlm.presets import get_recipe, preset_names
 
 
 def register(sub):

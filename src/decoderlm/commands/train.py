@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from decoderlm.config import preset_names
+from decoderlm.presets import preset_names
 from decoderlm.errors import DecoderLMError
 
 
@@ -120,7 +120,7 @@ def _data_flags(args) -> list[str]:
 def warmup_hint(cfg, total_steps: int | None) -> str | None:
     """A note when the learning-rate warm-up fills most of a short run (e.g. llama-gutenberg's 2,000
     steps under a one-minute budget), which otherwise looks like a model that does not learn."""
-    from decoderlm.train.schedule import parse_duration
+    from decoderlm.config import parse_duration
 
     warmup, budget = cfg.warmup_steps, parse_duration(cfg.time_budget)
     fix = "shorten it with --set train.warmup_steps=N"

@@ -10,7 +10,7 @@ import torch
 from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
 from decoderlm.generate.decoding import Sequences, as_prompt
-from decoderlm.generate.options import GenerationOptions, eos_tuple
+from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
 
 
@@ -48,6 +48,8 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
         raise DecoderLMError("streaming works with greedy decoding and sampling, not with beam search")
     device = model.tok_emb.weight.device
     prompt, mask = as_prompt(input_ids, attention_mask, opts.eos_token_ids, device)
+    require_decoding_memory(model.config, prompt.shape[0] * num_beams, prompt.shape[1], max_new_tokens,
+                            model.tok_emb.weight.dtype, device, f"generating with num_beams={num_beams}")
 
     if stream:
         return _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile)

@@ -17,8 +17,6 @@ from torch import nn
 from decoderlm.errors import DecoderLMError
 from decoderlm.train.device import choose_device
 
-PARALLEL = ("ddp", "fsdp")
-
 
 @dataclass
 class Distributed:
@@ -60,8 +58,6 @@ def wrap(model: nn.Module, state: Distributed, parallel: str) -> nn.Module:
     """DDP (a full replica per process, gradients averaged) or FSDP2 (`fully_shard`: parameters,
     gradients and optimizer state sharded across processes, each transformer block its own unit).
     `model` is the DecoderLM that computes; both hook its forward, which returns the loss."""
-    if parallel not in PARALLEL:
-        raise DecoderLMError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
     if not state.enabled:
         return model
     if parallel == "ddp":

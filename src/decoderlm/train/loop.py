@@ -22,7 +22,7 @@ import torch
 from decoderlm.checkpoint import STATE_VERSION
 from decoderlm.checkpoint_io import check_and_load, storable_weights
 from decoderlm.compile_support import can_compile
-from decoderlm.config import Recipe
+from decoderlm.config import Recipe, parse_duration
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
 from decoderlm.kernels import apply_cpu_kernels
@@ -36,8 +36,8 @@ from decoderlm.train.interrupt import StopRequest
 from decoderlm.train.metrics import plot_losses, progress_bar
 from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
-from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
-from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.train.precision import MasterWeights, use_master_weights
+from decoderlm.train.schedule import horizon, lr_factor
 
 
 @dataclass
@@ -61,14 +61,10 @@ class Trainer:
         self.dist = distributed.setup()
         self.device = self.dist.device
         self.block = cfg.block_size or recipe.model.max_seq_len
-        if not 0 < self.block <= recipe.model.max_seq_len:
-            raise DecoderLMError(f"train.block_size {self.block} must be between 1 and the model's context "
-                                 f"({recipe.model.max_seq_len})")
         self.amp = autocast_dtype(self.device, cfg.dtype)
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
-        check_master_weights(cfg.master_weights, self.dist.world_size)
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 

@@ -9,23 +9,17 @@ run directory under a temporary name and moved into place only when it is comple
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from decoderlm import fileio
-from decoderlm.config import Recipe, get_recipe
+from decoderlm.config import Recipe
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
+from decoderlm.presets import get_recipe
 from decoderlm.rundir import RunDirectory
-from decoderlm.train.device import DTYPES
 from decoderlm.train import finetune
-from decoderlm.train.distributed import PARALLEL
-from decoderlm.train.optim import OPTIMIZERS
 from decoderlm.train.overrides import apply_overrides, parse_overrides
-from decoderlm.train.precision import check_master_weights
-from decoderlm.train.schedule import SCHEDULES, parse_duration
-
-SAMPLERS = ("random", "sequential")
+from decoderlm.train.preflight import check_can_train
 
 DEFAULT_PRESET = "shakespeare"
 
@@ -45,7 +39,7 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
     if init_from is not None:
         init = finetune.load_init(init_from)
         recipe = finetune.init_recipe(recipe, overrides.get("model", {}), init, init_from)
-    check_train_config(recipe)
+    check_can_train(recipe)
     chat = None
     if finetune.is_chat_data(data):
         if init is None:
@@ -132,7 +126,7 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
     if fixed:
         raise DecoderLMError(f"cannot change {fixed[0]} when resuming; only train.* settings may change")
     recipe = apply_overrides(recipe, overrides)
-    check_train_config(recipe)
+    check_can_train(recipe)
     if run.last_checkpoint() is None:
         raise DecoderLMError(f"{out} has no checkpoint to resume (checkpoints/last is missing); "
                              f"start it again with --overwrite")
@@ -150,27 +144,6 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
     return recipe, token_data, run
 
 
-def check_train_config(recipe: Recipe) -> None:
-    """Refuse a bad train section before anything is written (the loop would fail later)."""
-    cfg = recipe.train
-    for key, allowed in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("sampler", SAMPLERS),
-                         ("parallel", PARALLEL), ("dtype", DTYPES + ("fp32", "bf16"))):
-        if getattr(cfg, key) not in allowed:
-            raise DecoderLMError(f"train.{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    parse_duration(cfg.time_budget)
-    positive = {"batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "max_steps": cfg.max_steps,
-                "epochs": cfg.epochs, "block_size": cfg.block_size, "log_every": cfg.log_every,
-                "max_bad_steps": cfg.max_bad_steps, "eval_batches": cfg.eval_batches, "save_every": cfg.save_every,
-                "stride": cfg.stride}
-    for key, value in positive.items():
-        if value is not None and value <= 0:
-            raise DecoderLMError(f"train.{key} must be positive, got {value}")
-    if cfg.block_size is not None and cfg.block_size > recipe.model.max_seq_len:
-        raise DecoderLMError(f"train.block_size {cfg.block_size} exceeds the model's context "
-                             f"(model.max_seq_len {recipe.model.max_seq_len})")
-    if cfg.lr < 0 or cfg.min_lr < 0 or cfg.eval_every < 0:
-        raise DecoderLMError("train.lr, train.min_lr and train.eval_every must not be negative")
-    check_master_weights(cfg.master_weights, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's
 
 
 def _check_vocab(recipe: Recipe, data: TokenData, strict: bool, where: Path) -> None:
