@@ -71,14 +71,14 @@ def test_saving_again_replaces_weights_and_keeps_other_files(run_dir):
 
 
 def test_a_failed_write_leaves_the_old_checkpoint(run_dir, monkeypatch):
-    import decoderlm.fileio as io
+    import safetensors.torch
 
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io, "save_file", disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # what fileio's writer calls
     with pytest.raises(DecoderLMError, match="No space left"):
         _save(run_dir, seed=1)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

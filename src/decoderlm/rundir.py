@@ -256,9 +256,6 @@ def recipe_from_json(config_json: dict[str, Any], where: Path) -> Recipe:
     if not isinstance(config_json.get("model"), dict):
         raise DecoderLMError(f"{where} has no 'model' section (nor a Hugging Face 'model_type'); "
                              f"is it a decoderlm config.json?")
-    for section in ("train", "data"):
-        if not isinstance(config_json.get(section, {}), dict):
-            raise DecoderLMError(f"{where}: '{section}' must be an object")
     try:
         return Recipe.from_dict(config_json)
     except DecoderLMError as err:  # a field's type or range
