@@ -31,10 +31,24 @@ class LanguageModel:
     tokenizer: Any = None
     source_format: str = "native"  # "native" | "hf": where it was loaded from
     path: Path | None = None  # the directory it was loaded from, if any
+    chat_template: Any = None  # a decoderlm.chat.ChatTemplate: the run's chat_template.jinja or the HF checkpoint's
+
+    def chat_renderer(self, template=None):
+        """A `decoderlm.chat.ChatRenderer` for `template` (default: the model's own), or None when
+        there is neither. The special-token variables come from the checkpoint's tokenizer_config.json
+        when it names them (an imported Llama-3's bos_token), else from the tokenizer."""
+        from decoderlm.chat.render import ChatRenderer
+        from decoderlm.chat.template import special_token_variables
+
+        template = template or self.chat_template
+        if template is None or self.tokenizer is None:
+            return None
+        return ChatRenderer(template, self.tokenizer, special_token_variables(self.tokenizer, self.path))
 
     @classmethod
-    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None) -> "LanguageModel":
-        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer)
+    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None,
+                   chat_template=None) -> "LanguageModel":
+        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer, chat_template=chat_template)
 
     def generate(self, text_or_texts: str | list[str], **kwargs) -> str | list[str]:
         """Continue a prompt (-> str) or prompts (-> list); see decoderlm.generate.generate_text."""
@@ -63,7 +77,7 @@ class LanguageModel:
             recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
             if recipe.model != config:  # the recipe must describe these weights
                 recipe = recipe.replace(model=config)
-            run.write_model(recipe, native_state_dict(self.model), self.tokenizer)
+            run.write_model(recipe, native_state_dict(self.model), self.tokenizer, self.chat_template)
         return out
 
 
@@ -91,8 +105,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
         raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
     model.eval()
+    from decoderlm.chat.template import read_saved_template
+
     return LanguageModel(model=model, config=config, recipe=recipe, tokenizer=_load_tokenizer(directory),
-                         source_format=source_format, path=directory)
+                         source_format=source_format, path=directory, chat_template=read_saved_template(directory))
 
 
 def _checkpoint_dir(path: Path) -> Path:
