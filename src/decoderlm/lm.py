@@ -71,8 +71,8 @@ class LanguageModel:
             if format == "hf":
                 from decoderlm.interop.hf import write_hf_checkpoint
 
-                write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer, out),
-                                    _special_ids(self.tokenizer))
+                files = _hf_tokenizer_files(self.tokenizer, out, self.chat_renderer())
+                write_hf_checkpoint(native_state_dict(self.model), config, out, files, _special_ids(self.tokenizer))
                 return out
             recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
             if recipe.model != config:  # the recipe must describe these weights
@@ -160,10 +160,11 @@ def _load_tokenizer(directory: Path):
     return module.load_tokenizer(directory)
 
 
-def _hf_tokenizer_files(tokenizer, out: Path) -> dict[str, bytes]:
+def _hf_tokenizer_files(tokenizer, out: Path, chat=None) -> dict[str, bytes]:
     """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
     tokenizer_config.json naming its end and pad tokens. Every decoderlm tokenizer converts
-    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out."""
+    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out.
+    With a chat template (`chat`, a ChatRenderer), see `_hf_chat_files`."""
     if tokenizer is None:
         return {}
     to_hf = getattr(tokenizer, "to_hf", None)
@@ -177,8 +178,27 @@ def _hf_tokenizer_files(tokenizer, out: Path) -> dict[str, bytes]:
         token_id = getattr(tokenizer, f"{role}_id", None)
         if token_id is not None:
             hf_config[f"{role}_token"] = tokenizer.decode([token_id])
+    if chat is not None:
+        files.update(_hf_chat_files(chat, hf_config))
     files["tokenizer_config.json"] = (json.dumps(hf_config, indent=2) + "\n").encode()
     return files
+
+
+def _hf_chat_files(chat, hf_config: dict) -> dict[str, bytes]:
+    """What makes the export chat in transformers as it does here: the template in
+    tokenizer_config.json with the special-token variables it is rendered with (so
+    `apply_chat_template` gives decoderlm's ids; the template's tokens are special tokens of
+    tokenizer.json already), and a generation_config.json whose eos_token_id lists the end-of-turn
+    token, so `generate` and `pipeline` stop where a reply ends. eos_token itself stays the
+    tokenizer's: templates write it, and changing it would change the rendered text."""
+    hf_config["chat_template"] = chat.template.source
+    hf_config.update(chat.variables)
+    stops = chat.stop_token_ids()
+    generation = {"eos_token_id": stops if len(stops) > 1 else stops[0]} if stops else {}
+    pad = getattr(chat.tokenizer, "pad_id", None)
+    if pad is not None:
+        generation["pad_token_id"] = pad
+    return {"generation_config.json": (json.dumps(generation, indent=2) + "\n").encode()} if generation else {}
 
 
 def _special_ids(tokenizer) -> dict[str, int]:
