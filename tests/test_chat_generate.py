@@ -114,3 +114,22 @@ def test_chat_flags_need_a_template(tmp_path, capsys):
         assert code == 2 and "has no chat template" in err and err.count("\n") == 1 and out == ""
     code, _, err = _run(capsys, "generate", plain, "--system", "x", "--prompt", "x")
     assert code == 2 and "use it with --chat" in err
+
+
+def test_serve_uses_the_runs_template_and_stops_at_the_end_of_turn(tmp_path):
+    pytest.importorskip("fastapi")
+    import urllib.request
+
+    from decoderlm.serve.server import running
+
+    lm = decoderlm.load(_tiny_chat_lm(end_of_turn_bias=50.0).save(tmp_path / "run"))  # <|im_end|> always wins
+    body = json.dumps({"messages": [{"role": "user", "content": "the fox"}], "max_tokens": 8,
+                       "temperature": 0}).encode()
+    with running(lm) as (url, _):  # no --chat-template: the run's own
+        request = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    choice = reply["choices"][0]
+    assert choice["message"]["content"] == "" and choice["finish_reason"] == "stop"
+    prompt_ids = lm.chat_renderer().prompt_ids([{"role": "user", "content": "the fox"}])
+    assert reply["usage"]["prompt_tokens"] == len(prompt_ids)  # special tokens as single ids
