@@ -32,10 +32,24 @@ class LanguageModel:
     tokenizer: Any = None
     source_format: str = "native"  # "native" | "hf": where it was loaded from
     path: Path | None = None  # the directory it was loaded from, if any
+    chat_template: Any = None  # a decoderlm.chat.ChatTemplate: the run's chat_template.jinja or the HF checkpoint's
+
+    def chat_renderer(self, template=None):
+        """A `decoderlm.chat.ChatRenderer` for `template` (default: the model's own), or None when
+        there is neither. The special-token variables come from the checkpoint's tokenizer_config.json
+        when it names them (an imported Llama-3's bos_token), else from the tokenizer."""
+        from decoderlm.chat.render import ChatRenderer
+        from decoderlm.chat.template import special_token_variables
+
+        template = template or self.chat_template
+        if template is None or self.tokenizer is None:
+            return None
+        return ChatRenderer(template, self.tokenizer, special_token_variables(self.tokenizer, self.path))
 
     @classmethod
-    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None) -> "LanguageModel":
-        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer)
+    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None,
+                   chat_template=None) -> "LanguageModel":
+        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer, chat_template=chat_template)
 
     def generate(self, text_or_texts: str | list[str], **kwargs) -> str | list[str]:
         """Continue a prompt (-> str) or prompts (-> list); see decoderlm.generate.generate_text."""
@@ -58,13 +72,13 @@ class LanguageModel:
             if format == "hf":
                 from decoderlm.interop.hf import write_hf_checkpoint
 
-                write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer, out),
-                                    _special_ids(self.tokenizer))
+                files = _hf_tokenizer_files(self.tokenizer, out, self.chat_renderer())
+                write_hf_checkpoint(native_state_dict(self.model), config, out, files, _special_ids(self.tokenizer))
                 return out
             recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
             if recipe.model != config:  # the recipe must describe these weights
                 recipe = recipe.replace(model=config)
-            run.write_model(recipe, native_state_dict(self.model), self.tokenizer)
+            run.write_model(recipe, native_state_dict(self.model), self.tokenizer, self.chat_template)
         return out
 
 
@@ -93,8 +107,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
         raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
     model.eval()
+    from decoderlm.chat.template import read_saved_template
+
     return LanguageModel(model=model, config=config, recipe=recipe, tokenizer=_load_tokenizer(directory),
-                         source_format=source_format, path=directory)
+                         source_format=source_format, path=directory, chat_template=read_saved_template(directory))
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -146,10 +162,11 @@ def _load_tokenizer(directory: Path):
     return module.load_tokenizer(directory)
 
 
-def _hf_tokenizer_files(tokenizer, out: Path) -> dict[str, bytes]:
+def _hf_tokenizer_files(tokenizer, out: Path, chat=None) -> dict[str, bytes]:
     """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
     tokenizer_config.json naming its end and pad tokens. Every decoderlm tokenizer converts
-    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out."""
+    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out.
+    With a chat template (`chat`, a ChatRenderer), see `_hf_chat_files`."""
     if tokenizer is None:
         return {}
     to_hf = getattr(tokenizer, "to_hf", None)
@@ -163,8 +180,27 @@ def _hf_tokenizer_files(tokenizer, out: Path) -> dict[str, bytes]:
         token_id = getattr(tokenizer, f"{role}_id", None)
         if token_id is not None:
             hf_config[f"{role}_token"] = tokenizer.decode([token_id])
+    if chat is not None:
+        files.update(_hf_chat_files(chat, hf_config))
     files["tokenizer_config.json"] = (json.dumps(hf_config, indent=2) + "\n").encode()
     return files
+
+
+def _hf_chat_files(chat, hf_config: dict) -> dict[str, bytes]:
+    """What makes the export chat in transformers as it does here: the template in
+    tokenizer_config.json with the special-token variables it is rendered with (so
+    `apply_chat_template` gives decoderlm's ids; the template's tokens are special tokens of
+    tokenizer.json already), and a generation_config.json whose eos_token_id lists the end-of-turn
+    token, so `generate` and `pipeline` stop where a reply ends. eos_token itself stays the
+    tokenizer's: templates write it, and changing it would change the rendered text."""
+    hf_config["chat_template"] = chat.template.source
+    hf_config.update(chat.variables)
+    stops = chat.stop_token_ids()
+    generation = {"eos_token_id": stops if len(stops) > 1 else stops[0]} if stops else {}
+    pad = getattr(chat.tokenizer, "pad_id", None)
+    if pad is not None:
+        generation["pad_token_id"] = pad
+    return {"generation_config.json": (json.dumps(generation, indent=2) + "\n").encode()} if generation else {}
 
 
 def _special_ids(tokenizer) -> dict[str, int]:

@@ -46,7 +46,26 @@ def register(sub):
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="completions to generate (default 1)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print JSON with the token ids and text of each completion")
+    p.add_argument("--chat", action="store_true",
+                   help="each --prompt is a user turn, put through the model's chat template; prints the reply, "
+                        "which ends at the template's end-of-turn token")
+    add_system_flag(p)
     p.set_defaults(func=generate_command)
+
+
+def add_system_flag(p) -> None:
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="a system message first in the conversation (needs the model's chat template)")
+
+
+def chat_renderer(lm, args):
+    """The model's chat template bound to its tokenizer; one clear line when it has none."""
+    renderer = lm.chat_renderer()
+    if renderer is None:
+        raise DecoderLMError(f"{args.model} has no chat template (chat_template.jinja, or \"chat_template\" in "
+                             f"tokenizer_config.json): fine-tune it on chat data (docs/finetuning.md), or "
+                             f"generate without --chat/--system")
+    return renderer
 
 
 def sampling_kwargs(args) -> dict:
@@ -104,42 +123,58 @@ def generate_command(args) -> int:
     if args.stream and (args.num_samples != 1 or args.num_beams != 1 or args.json or len(prompts) > 1):
         raise DecoderLMError("--stream prints one completion as it is generated: use it with one --prompt and "
                              "without --num-samples, --num-beams or --json")
+    if args.system is not None and not args.chat:
+        raise DecoderLMError("--system is the system message of a chat: use it with --chat")
     lm = load_model(args)
     _require_memory(lm, args, prompts)
     kwargs = sampling_kwargs(args)
+    texts = prompts
+    if args.chat:
+        renderer = chat_renderer(lm, args)
+        conversations = [_one_turn(args.system, text) for text in texts]
+        prompts = [renderer.prompt_ids(messages) for messages in conversations]
+        kwargs["eos_token_id"] = renderer.stop_token_ids()  # the reply ends at the end-of-turn token
     compile_notice(args)
     with one_line_warnings():
         if args.stream:
-            _stream(lm, prompts[0], args.max_new_tokens, kwargs)
+            _stream(lm, prompts[0], args.max_new_tokens, kwargs, echo=not args.chat)
             return 0
         kwargs.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
         completions = complete(lm, prompts, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, **kwargs)
     per_prompt = [completions[i * args.num_samples:(i + 1) * args.num_samples] for i in range(len(prompts))]
     if args.json:
-        results = [_json_result(lm, prompt, group) for prompt, group in zip(prompts, per_prompt)]
+        results = [_json_result(lm, text, prompt, group) for text, prompt, group in zip(texts, prompts, per_prompt)]
         # One prompt: its object, as before; several: a list of them, in the order given.
         print(json.dumps(results[0] if len(results) == 1 else results, ensure_ascii=False, indent=2))
         return 0
     for i, c in enumerate(completions):
         if i:
             print("-" * 40)
-        print(c.prompt + c.text)
+        print(c.text if args.chat else c.prompt + c.text)
     return 0
 
 
-def _stream(lm, prompt: str, max_new_tokens: int, kwargs: dict) -> None:
+def _one_turn(system: str | None, user: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+
+
+def _stream(lm, prompt, max_new_tokens: int, kwargs: dict, echo: bool = True) -> None:
     from decoderlm.generate.text import stream_text
 
-    print(prompt, end="", flush=True)
+    if echo:
+        print(prompt, end="", flush=True)
     for piece in stream_text(lm, prompt, max_new_tokens=max_new_tokens, **kwargs):
         print(piece, end="", flush=True)
     print()
 
 
-def _json_result(lm, prompt: str, completions) -> dict:
+def _json_result(lm, text: str, prompt, completions) -> dict:
+    """`prompt` is the text given; `prompt_token_ids` what the model saw (with --chat, the templated
+    prompt's ids, and each completion's text is the assistant's reply alone)."""
+    ids = prompt if isinstance(prompt, list) else lm.tokenizer.encode(prompt) if prompt else []
     return {
-        "prompt": prompt,
-        "prompt_token_ids": lm.tokenizer.encode(prompt) if prompt else [],
+        "prompt": text,
+        "prompt_token_ids": ids,
         "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
                         for c in completions],
     }

@@ -35,7 +35,7 @@ def serve_command(args) -> int:
     except ImportError:
         raise DecoderLMError("serving needs FastAPI and uvicorn: pip install 'decoderlm[serve]'") from None
     from decoderlm.commands.generate import load_model, one_line_warnings
-    from decoderlm.serve.chat import read_template_file
+    from decoderlm.chat.template import read_template_file
     from decoderlm.serve.server import listen, serve
 
     if args.max_batch < 1:

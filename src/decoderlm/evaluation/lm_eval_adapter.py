@@ -24,7 +24,6 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from decoderlm.errors import DecoderLMError
-from decoderlm.evaluation.chat_template import read_chat_template, render_chat, special_tokens
 from decoderlm.evaluation.model_calls import forward_logits, model_device, stream_tokens
 
 DEFAULT_MAX_GEN_TOKS = 256  # HFLM's default
@@ -53,10 +52,7 @@ class DecoderLMEval(TemplateLM):
             raise DecoderLMError(f"max_length {self.max_length} exceeds the model's context of "
                                  f"{lm.config.max_seq_len} tokens")
         self.max_gen_toks = _whole_number("max_gen_toks", max_gen_toks)
-        self._template = read_chat_template(lm.path)
-        self._template_tokens = special_tokens(lm.path)
-        if not self._template_tokens["eos_token"] and self.tokenizer.eos_id is not None:
-            self._template_tokens["eos_token"] = self.tokenizer.decode([self.tokenizer.eos_id])
+        self._chat = lm.chat_renderer()  # the model's own template (decoderlm.chat), or None
 
     # -- what lm-eval asks of every model -----------------------------------------------------------
     @property
@@ -89,14 +85,16 @@ class DecoderLMEval(TemplateLM):
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         if not chat_template:
             return None
-        if self._template is None:
+        if self._chat is None:
             raise DecoderLMError(f"{self.lm.path or 'this model'} has no chat template (chat_template.jinja or "
                                  f"\"chat_template\" in tokenizer_config.json); run without --apply-chat-template")
-        return self._template
+        return self._chat.template.source
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
-        return render_chat(self.chat_template(True), chat_history, add_generation_prompt=add_generation_prompt,
-                           tokens=self._template_tokens)
+        self.chat_template(True)
+        # Without a generation prompt lm-eval continues the last (assistant) message, as HFLM does.
+        return self._chat.text(chat_history, add_generation_prompt=add_generation_prompt,
+                               continue_final_message=not add_generation_prompt)
 
     # -- scoring ------------------------------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_) -> list[tuple[float, bool]]:

@@ -12,7 +12,6 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from decoderlm.errors import DecoderLMError
-from decoderlm.serve.chat import ChatTemplateError
 from decoderlm.serve.engine import Engine, EngineBusy, Event, Sequence
 from decoderlm.serve.errors import APIError, bad_request, error_body, error_response
 from decoderlm.serve.responses import Choice, Reply, sse
@@ -28,7 +27,7 @@ class ServeContext:
     lm: object  # decoderlm LanguageModel
     engine: Engine
     model_id: str
-    template: object | None  # ChatTemplate
+    template: object | None  # a decoderlm.chat.ChatRenderer: the model's chat template on its tokenizer
     limits: Limits
     api_key: str | None = None
 
@@ -93,15 +92,16 @@ def chat_job(body: ChatRequest, ctx: ServeContext) -> Job:
     if body.top_logprobs and not body.logprobs:
         raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
     messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})} for m in body.messages]
-    try:
-        text = ctx.template.render(messages, add_generation_prompt=True)
-    except ChatTemplateError as err:
+    try:  # the renderer's ids: the template's special tokens are single ids, as in training
+        prompt = ctx.template.prompt_ids(messages)
+    except DecoderLMError as err:  # the template refused these messages
         raise bad_request(str(err), "messages") from None
-    prompt = _encode(text, ctx, "messages")
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = _max_tokens(requested, len(prompt), ctx, None, "messages")
     reply = Reply(ctx.model_id, chat=True, prompt_tokens=len(prompt), logprobs=bool(body.logprobs))
-    return _job(body, reply, [prompt], [max_tokens], n, (body.top_logprobs or 0) if body.logprobs else None)
+    end_of_turn = ctx.template.end_of_turn  # a reply ends where the template ends a turn (<|im_end|>)
+    return _job(body, reply, [prompt], [max_tokens], n, (body.top_logprobs or 0) if body.logprobs else None,
+                (end_of_turn,) if end_of_turn else ())
 
 
 def _common_checks(body: SamplingFields, ctx: ServeContext) -> int:
@@ -124,12 +124,13 @@ def _common_checks(body: SamplingFields, ctx: ServeContext) -> int:
     return n
 
 
-def _job(body: SamplingFields, reply: Reply, prompts, max_tokens, n: int, logprobs: int | None) -> Job:
+def _job(body: SamplingFields, reply: Reply, prompts, max_tokens, n: int, logprobs: int | None,
+         template_stops: tuple[str, ...] = ()) -> Job:
     params = SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature, top_p=body.top_p, top_k=body.top_k or None,
         min_p=body.min_p, repetition_penalty=body.repetition_penalty or 1.0, seed=body.seed, logprobs=logprobs)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return Job(reply, prompts, max_tokens, n, params, tuple(_stops(body.stop)), bool(body.ignore_eos),
+    return Job(reply, prompts, max_tokens, n, params, tuple(_stops(body.stop)) + template_stops, bool(body.ignore_eos),
                bool(body.stream), include_usage)
 
 

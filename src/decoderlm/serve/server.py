@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 from decoderlm.errors import DecoderLMError
-from decoderlm.serve.chat import chat_template_for
 from decoderlm.serve.schemas import Limits
 
 
@@ -28,12 +27,21 @@ def build(lm, *, api_key: str | None = None, max_batch: int = 8, compile: bool =
         raise DecoderLMError(f"--max-batch must be a whole number >= 1, got {max_batch}")
     if api_key is not None and not api_key.strip():
         raise DecoderLMError("--api-key must not be empty")
-    template = chat_template_for(lm, chat_template)
+    template = chat_renderer_for(lm, chat_template)
     engine = Engine(lm.model, lm.tokenizer, max_batch=max_batch, max_waiting=limits.max_waiting, compile=compile)
     engine.start()
     name = model_id or (lm.path.name if lm.path is not None else "decoderlm")
     ctx = ServeContext(lm=lm, engine=engine, model_id=name, template=template, limits=limits, api_key=api_key)
     return create_app(ctx), engine
+
+
+def chat_renderer_for(lm, path: str | Path | None = None):
+    """What chat requests are rendered with (a `decoderlm.chat.ChatRenderer`): the template file
+    `path` when given, else the model's own (its run's chat_template.jinja, an HF checkpoint's
+    tokenizer_config.json), else None, and chat requests are refused."""
+    from decoderlm.chat.template import read_template_file
+
+    return lm.chat_renderer(read_template_file(path) if path is not None else None)
 
 
 def is_loopback(host: str) -> bool:
