@@ -80,6 +80,10 @@ class Trainer:
             weights, saved, where = run.load_last()
             check_and_load(model, weights, where)
             self.counters.update({k: saved[k] for k in self.counters if k in saved})
+            if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
+                raise DecoderLMError(f"cannot resume: {run.path} is at step {self.counters['step']} but its length "
+                                     f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
+                                     f"set a larger train.max_steps")
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
         self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
