@@ -159,6 +159,7 @@ class TrainConfig(_DictMixin):
     dtype: str = "auto"  # auto | float32 | bfloat16 (autocast)
     master_weights: bool | None = None  # bf16: bf16 model + fp32 master copies (None: on CPU in one process)
     compile: bool | None = None  # None: on where it measurably helps
+    threads: int | None = None  # CPU threads; None: follow the CPU this run gets (train/threads.py)
     sampler: str = "random"  # random (nanoGPT windows) | sequential (every offset, by epochs)
     stride: int | None = None  # sequential sampler: window stride, default the context length
     block_size: int | None = None  # tokens per training window; default the model's max_seq_len

@@ -39,6 +39,7 @@ from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
 from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
 from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.train.threads import ThreadTuner
 
 
 COMPILE_NOTE_AFTER_S = 3.0  # a first step slower than this is announced as the compile it is
@@ -110,6 +111,12 @@ class Trainer:
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
         self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
+        self.threads = None  # CPU training alone: the thread count follows the CPU it gets (train/threads.py)
+        if self.device.type == "cpu" and not self.dist.enabled:
+            self.threads = ThreadTuner.for_cpu_training(cfg.threads)
+            if self.threads and self.threads.current < self.threads.cores:
+                print(f"training on {self.threads.current} of {self.threads.cores} CPU threads: the other cores "
+                      f"are busy (re-checked every minute)", flush=True)
 
     # -- set-up helpers ---------------------------------------------------------------------------
     def _train_sampler(self):
@@ -180,6 +187,8 @@ class Trainer:
         finally:
             bar.close()
             interrupt.stop()
+            if self.threads:
+                self.threads.restore()
         if main:
             self._plot()
         distributed.barrier(self.dist)
@@ -203,7 +212,10 @@ class Trainer:
         past a few seconds, that is said, and how long it took."""
         if self.clock.steps or not self.dist.is_main:
             with self.clock.timing("step"):
-                return self._step()
+                result = self._step()
+            if self.threads:
+                self.threads.after_step(self.clock.steps[-1])
+            return result
         note = threading.Timer(COMPILE_NOTE_AFTER_S, bar.write, [
             "first step: compiling (torch.compile; counted in train.time_budget), this can take a minute"])
         note.start()

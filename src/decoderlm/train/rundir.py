@@ -143,7 +143,7 @@ def check_train_config(recipe: Recipe) -> None:
     positive = {"batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "max_steps": cfg.max_steps,
                 "epochs": cfg.epochs, "block_size": cfg.block_size, "log_every": cfg.log_every,
                 "max_bad_steps": cfg.max_bad_steps, "eval_batches": cfg.eval_batches, "save_every": cfg.save_every,
-                "stride": cfg.stride}
+                "stride": cfg.stride, "threads": cfg.threads}
     for key, value in positive.items():
         if value is not None and value <= 0:
             raise DecoderLMError(f"train.{key} must be positive, got {value}")
