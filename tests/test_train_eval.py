@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -117,10 +118,13 @@ def test_time_budget_stops_training_and_logs_throughput(tmp_path, char_data):
     data = TokenData.open(char_data)
     recipe = _recipe(data.meta["vocab_size"], max_steps=100_000, eval_every=0, time_budget="3s", log_every=1,
                      schedule="cosine", min_lr=0.0)
+    began = time.perf_counter()
     result = train(recipe, data, tmp_path / "run", progress=False)
+    assert time.perf_counter() - began < 3.0 + 5.0  # the budget, plus building the model and data
     assert result.stopped == "time_budget" and 0 < result.step < 100_000
     state = torch.load(tmp_path / "run/checkpoints/last/train_state.pt", weights_only=True)
-    assert state["step"] == result.step and 3.0 <= state["elapsed"] < 30
+    # It trains through most of the budget and stops before a step that would not end within it.
+    assert state["step"] == result.step and 1.0 <= state["elapsed"] <= 3.0
     logged = [r for r in _records(tmp_path / "run") if "loss" in r]
     assert logged and all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["grad_norm"] > 0 for r in logged)
     assert logged[-1]["lr"] < 0.5 * recipe.train.lr  # the cosine decays within the budget, not over 100k steps

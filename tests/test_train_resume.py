@@ -111,3 +111,20 @@ def test_interrupted_swap_falls_back_to_previous(tmp_path, char_data):
                     "--set", "train.max_steps=9"])[0] == 0
     assert last.is_dir() and not (run / "checkpoints/.last.old").exists()
     assert torch.load(last / "train_state.pt", weights_only=True)["step"] == 9
+
+
+def test_resume_with_larger_max_steps_extends_an_epochs_run(tmp_path, capsys):
+    """The toy preset's length is 30 epochs (60 steps): `--resume --set train.max_steps=80` runs on
+    to step 80, saying that max_steps replaced epochs; a length before the saved step is refused."""
+    run = tmp_path / "toy"
+    assert run_cli(["train", "--preset", "toy", "--out", run, "--no-progress", "--no-samples"], capsys)[0] == 0
+    code, out, err = run_cli(["train", "--out", run, "--resume", "--no-progress", "--no-samples",
+                              "--set", "train.max_steps=80"], capsys)
+    assert code == 0, err
+    assert "train.max_steps=80 replaces the run's train.epochs=30" in out
+    assert "stopped at step 80" in out
+    assert torch.load(run / "checkpoints/last/train_state.pt", weights_only=True)["step"] == 80
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] is None  # the next resume agrees
+    code, out, err = run_cli(["train", "--out", run, "--resume", "--no-progress", "--no-samples",
+                              "--set", "train.max_steps=70"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "is at step 80" in err, err

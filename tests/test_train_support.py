@@ -42,6 +42,7 @@ def tiny_sets(**extra) -> list[str]:
         "train.warmup_steps": 5, "train.eval_every": 10, "train.eval_batches": 2, "train.log_every": 1,
         "train.time_budget": "none", "train.dtype": "float32", "train.compile": "false", "train.sample_prompts": "the",
         "train.sample_tokens": 8, "data.tokenizer": "char", "data.vocab_size": 64,
+        "train.threads": torch.get_num_threads(),  # fixed: bit-exact comparisons need one count throughout
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]

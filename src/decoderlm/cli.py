@@ -12,8 +12,13 @@ import os
 import pkgutil
 import sys
 
-from decoderlm import __version__, commands
-from decoderlm.errors import DecoderLMError
+# Before anything imports torch (libgomp reads it once, at load): OpenMP threads that wait sleep
+# instead of spinning, so on a busy machine they leave their core to whoever can use it
+# (docs/training.md, "Threads"). A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from decoderlm import __version__, commands  # noqa: E402
+from decoderlm.errors import DecoderLMError  # noqa: E402
 
 
 class _ArgumentParser(argparse.ArgumentParser):

@@ -288,6 +288,7 @@ class TrainConfig(_Section):
     seed: int = setting(1337, SEED)
     # start from these weights (a run or Hugging Face directory), fresh optimizer
     init_from: str | None = setting(None)
+    threads: int | None = setting(None, SIZE)  # CPU threads; None: follow the CPU this run gets (train/threads.py)
     sample_prompts: tuple[str, ...] = ()
     sample_tokens: int = setting(100, COUNT)
     sample_temperature: float = setting(0.8, NON_NEGATIVE)

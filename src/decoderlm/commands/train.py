@@ -80,7 +80,7 @@ def train_command(args) -> int:
                                         mirror=args.mirror, init_from=args.init_from)
         try:
             trainer = Trainer(recipe, data, run, resume=args.resume, progress=not args.no_progress,
-                              stop_at_step=args.stop_at_step)
+                              stop_at_step=args.stop_at_step, samples=not args.no_samples)
         except DecoderLMError:
             if not args.resume:  # a run that never started leaves nothing (a directory made for it goes)
                 run.abandon()
@@ -137,7 +137,6 @@ def warmup_hint(cfg, total_steps: int | None) -> str | None:
 
 
 def _report(result, recipe, out: Path, samples: bool) -> None:
-    from decoderlm.train.samples import run_samples
 
     why = {"max_steps": "reached the last step", "time_budget": "time budget used up",
            "early_stopping": "validation loss stopped improving", "stop_at_step": "stopped as asked"}[result.stopped]
@@ -146,9 +145,25 @@ def _report(result, recipe, out: Path, samples: bool) -> None:
         line += f"; best validation loss {result.best_val_loss:.4f}"
     print(line)
     if samples:
-        for prompt, whole in run_samples(out, recipe.train):
-            print(f"--- sample{' for ' + repr(prompt) if prompt else ''}:\n{whole}")
+        _print_samples(out, recipe, result.budget_end)
     print(f"run directory: {out} (loss plot: {out / 'loss.png'}); "
           f"generate with: decoderlm generate {out} --prompt ...")
     if result.stopped == "stop_at_step":
         print(f"continue with: decoderlm train --out {out} --resume")
+
+
+def _print_samples(out: Path, recipe, budget_end: float | None) -> None:
+    """The samples, within what is left of train.time_budget (cut short or skipped, and said so)."""
+    from decoderlm.train.samples import past, run_samples
+
+    if past(budget_end):
+        print("samples skipped: train.time_budget is used up (see them with decoderlm generate)")
+        return
+    print("samples:", flush=True)
+    wanted = len(recipe.train.sample_prompts) or 1
+    samples = run_samples(out, recipe.train, deadline=budget_end)
+    for prompt, whole in samples:
+        print(f"--- sample{' for ' + repr(prompt) if prompt else ''}:\n{whole}")
+    if past(budget_end):
+        print(f"samples cut short{f' ({len(samples)} of {wanted})' if len(samples) < wanted else ''} "
+              f"to fit train.time_budget")

@@ -12,6 +12,7 @@ import contextlib
 import math
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from decoderlm.rundir import RunDirectory
 from decoderlm.chat.dataset import ChatBatches
 from decoderlm.train import distributed, finetune
 from decoderlm.train.batches import accumulation_steps, micro_batches
+from decoderlm.train.budget import RunClock
 from decoderlm.train.device import autocast, autocast_dtype
 from decoderlm.train.interrupt import StopRequest
 from decoderlm.train.metrics import plot_losses, progress_bar
@@ -38,6 +40,10 @@ from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
 from decoderlm.train.precision import MasterWeights, use_master_weights
 from decoderlm.train.schedule import horizon, lr_factor
+from decoderlm.train.threads import ThreadTuner
+
+
+COMPILE_NOTE_AFTER_S = 3.0  # a first step slower than this is announced as the compile it is
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TrainResult:
     stopped: str  # max_steps | time_budget | early_stopping | stop_at_step (Ctrl-C raises KeyboardInterrupt)
     val_loss: float | None
     best_val_loss: float | None
+    budget_end: float | None = None  # time.perf_counter() at which train.time_budget runs out
 
 
 class Trainer:
@@ -54,10 +61,11 @@ class Trainer:
     lock), then `fit()`. Building writes nothing; fit() writes the run."""
 
     def __init__(self, recipe: Recipe, data, run: RunDirectory, *, resume: bool = False, progress: bool = True,
-                 stop_at_step: int | None = None):
+                 stop_at_step: int | None = None, samples: bool = False):
         self.recipe, self.data, self.run, self.run_dir = recipe, data, run, run.path
         self.cfg = cfg = recipe.train
         self.progress, self.stop_at_step = progress, stop_at_step
+        self.samples = samples  # samples follow fit(): a time budget keeps them a share (train/budget.py)
         self.dist = distributed.setup()
         self.device = self.dist.device
         self.block = cfg.block_size or recipe.model.max_seq_len
@@ -79,6 +87,10 @@ class Trainer:
             weights, saved, where = run.load_last()
             check_and_load(model, weights, where)
             self.counters.update({k: saved[k] for k in self.counters if k in saved})
+            if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
+                raise DecoderLMError(f"cannot resume: {run.path} is at step {self.counters['step']} but its length "
+                                     f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
+                                     f"set a larger train.max_steps")
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
         self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
@@ -98,6 +110,12 @@ class Trainer:
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
         self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
+        self.threads = None  # CPU training alone: the thread count follows the CPU it gets (train/threads.py)
+        if self.device.type == "cpu" and not self.dist.enabled:
+            self.threads = ThreadTuner.for_cpu_training(cfg.threads)
+            if self.threads and self.threads.current < self.threads.cores:
+                print(f"training on {self.threads.current} of {self.threads.cores} CPU threads: the other cores "
+                      f"are busy (re-checked every minute)", flush=True)
 
     # -- set-up helpers ---------------------------------------------------------------------------
     @property
@@ -134,25 +152,27 @@ class Trainer:
         c, cfg, main = self.counters, self.cfg, self.dist.is_main
         peak = cfg.peak_flops or (peak_flops(self.device.type, self.amp or torch.float32) if main else None)
         meter = Throughput(self.flops_per_token, peak * self.dist.world_size if peak else None)  # global rate
+        self.clock = clock = RunClock(self.budget, c["elapsed"], self._checkpoint_bytes())
         self._begin()
         bar = progress_bar(self.total_steps, c["step"], self.progress and main)
-        start, elapsed_before = time.perf_counter(), c["elapsed"]
         stopped, val_loss = "max_steps", None
         interrupt = StopRequest(announce=main).start()
         try:
             while c["step"] < self.total_steps:
-                c["elapsed"] = elapsed_before + time.perf_counter() - start
-                if self.budget and distributed.broadcast_flag(c["elapsed"] >= self.budget, self.dist):
+                c["elapsed"] = clock.elapsed()
+                if self.budget and distributed.broadcast_flag(not self._room_for_step(), self.dist):
                     stopped = "time_budget"
                     break
-                loss, grad_norm, lr = self._step()
+                loss, grad_norm, lr = self._timed_step(bar)
                 c["step"] += 1
                 c["tokens"] += cfg.batch_size * self.block
                 meter.add(cfg.batch_size * self.block)
+                if self.budget:  # the bar's end (and so its ETA) follows the budget: the steps it allows
+                    bar.total = min(self.total_steps, c["step"] + self._steps_that_fit())
                 bar.update(1)
                 if c["step"] % cfg.log_every == 0 or c["step"] == self.total_steps:
                     rate, mfu = meter.report()
-                    left = {"left": f"{max(0.0, self.budget - c['elapsed']) / 60:.1f}m"} if self.budget else {}
+                    left = {"left": _duration(max(0.0, self.budget - c["elapsed"]))} if self.budget else {}
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
                     self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
                                "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
@@ -162,21 +182,23 @@ class Trainer:
                         stopped = "early_stopping"
                         break
                 if c["step"] % self.save_every == 0:
-                    self._save()
+                    self._save(bar)
                 if self.stop_at_step is not None and c["step"] >= self.stop_at_step:
                     stopped = "stop_at_step"
                     break
                 if distributed.broadcast_flag(interrupt.requested, self.dist):  # Ctrl-C: stop, saving this step
                     stopped = "interrupted"
                     break
-            c["elapsed"] = elapsed_before + time.perf_counter() - start
+            c["elapsed"] = clock.elapsed()
             if self.eval_enabled and stopped in ("max_steps", "time_budget") and c["step"] % cfg.eval_every:
                 val_loss = self._evaluate_and_track(bar)
             if self.saved_step != c["step"]:
-                self._save()
+                self._save(bar)
         finally:
             bar.close()
             interrupt.stop()
+            if self.threads:
+                self.threads.restore()
         if main:
             self._plot()
         distributed.barrier(self.dist)
@@ -185,7 +207,36 @@ class Trainer:
                 print(f"decoderlm: saved a checkpoint at step {c['step']}; continue with: "
                       f"decoderlm train --out {self.run_dir} --resume", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
-        return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"])
+        return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"], clock.end())
+
+    def _room_for_step(self) -> bool:
+        return self._steps_that_fit() >= 1 or self.clock.step_s is None  # the first step is always taken
+
+    def _steps_that_fit(self) -> int:
+        eval_batches = self.cfg.eval_batches if self.eval_enabled else 0
+        return self.clock.steps_that_fit(eval_batches, self.samples)
+
+    def _timed_step(self, bar) -> tuple[float, float, float]:
+        """A step, timed for the budget's estimates. This process's first step compiles (the CPU
+        kernels, or the whole model with train.compile), which can take a minute: when it runs
+        past a few seconds, that is said, and how long it took."""
+        if self.clock.steps or not self.dist.is_main:
+            with self.clock.timing("step"):
+                result = self._step()
+            if self.threads:
+                self.threads.after_step(self.clock.steps[-1])
+            return result
+        note = threading.Timer(COMPILE_NOTE_AFTER_S, bar.write, [
+            "first step: compiling (torch.compile; counted in train.time_budget), this can take a minute"])
+        note.start()
+        try:
+            with self.clock.timing("step"):
+                result = self._step()
+        finally:
+            note.cancel()
+        if self.clock.steps[0] > COMPILE_NOTE_AFTER_S:
+            bar.write(f"first step done in {self.clock.steps[0]:.1f} s (compiling included)")
+        return result
 
     def _step(self) -> tuple[float, float, float]:
         """One optimizer step over the global batch: returns (mean loss, grad norm, lr)."""
@@ -246,26 +297,34 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over `eval_batches` global batches, the same windows every time
-        (a fresh sampler with a fixed seed), so evaluations are comparable."""
-        cfg = self.cfg
-        if self.chat:
-            return self._evaluate_chat()
+    def evaluate(self, deadline: float | None = None) -> tuple[float | None, int]:
+        """(mean validation loss, batches used) over `eval_batches` global batches, the same windows
+        every time (a fresh sampler with a fixed seed), so evaluations are comparable. With a
+        `deadline` (time.perf_counter), it stops before a batch that would end past it: a shrunk
+        evaluation (its first batches), or none at all (None, 0)."""
+        cfg, main = self.cfg, self.dist.is_main
+        if self.chat:  # held-out chat sets are small: always evaluated whole
+            return self._evaluate_chat(), cfg.eval_batches
         sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
+        bar = progress_bar(cfg.eval_batches, 0, self.progress and main, desc="evaluating", unit="batch", leave=False)
+        done = 0
         self.wrapped.eval()
         try:
-            for _ in range(cfg.eval_batches):
-                x, y = sampler.next_batch()
-                for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
-                    with autocast(self.device, self.autocast_dtype):
-                        ce = self._cross_entropy(self.wrapped(mb.x.to(self.device), mb.y.to(self.device)))
-                    sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
+            for done in range(cfg.eval_batches):
+                late = deadline is not None and time.perf_counter() + self.clock.eval_batch_estimate() > deadline
+                if distributed.broadcast_flag(late, self.dist):  # every rank evaluates the same batches
+                    break
+                with self.clock.timing("eval_batch"):
+                    sums += self._eval_batch(sampler)
+                bar.update(1)
+            else:
+                done = cfg.eval_batches
         finally:
             self.wrapped.train()
+            bar.close()
         sums = distributed.all_reduce_sum(sums, self.dist)
-        return float(sums[0] / sums[1])
+        return (float(sums[0] / sums[1]) if done else None), done
 
     @torch.no_grad()
     def _evaluate_chat(self) -> float:
@@ -285,15 +344,31 @@ class Trainer:
             self.wrapped.train()
         return total / max(tokens, 1)
 
-    def _evaluate_and_track(self, bar) -> float:
-        c = self.counters
-        val_loss = self.evaluate()
+    def _eval_batch(self, sampler) -> torch.Tensor:
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        x, y = sampler.next_batch()
+        for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
+            with autocast(self.device, self.autocast_dtype):
+                ce = self._cross_entropy(self.wrapped(mb.x.to(self.device), mb.y.to(self.device)))
+            sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
+        return sums
+
+    def _evaluate_and_track(self, bar) -> float | None:
+        c, wanted = self.counters, self.cfg.eval_batches
+        val_loss, used = self.evaluate(self.clock.eval_deadline(self.samples))
+        if used < wanted and self.dist.is_main:
+            bar.write(f"step {c['step']}: evaluation {'skipped' if not used else f'on {used} of {wanted} batches'} "
+                      f"to fit train.time_budget")
+        if val_loss is None:
+            return None
         improved = c["best_val_loss"] is None or val_loss < c["best_val_loss"]
         if improved:
             c["best_val_loss"], c["evals_without_improvement"] = val_loss, 0
         else:
             c["evals_without_improvement"] += 1
         record = {"step": c["step"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+        if used < wanted:
+            record["eval_batches"] = used
         meta = self.data.meta
         if meta.get("val_bytes") and len(self.data.val):  # bits per byte: comparable across tokenizers
             record["val_bpb"] = val_loss * len(self.data.val) / meta["val_bytes"] / math.log(2)
@@ -338,24 +413,33 @@ class Trainer:
             self.run.append_metrics(record)
 
     def _plot(self) -> None:
-        self.run.write_plot(plot_losses(self.run.read_metrics(), title=f"{self.recipe.name}: {self.run_dir}"))
+        with self.clock.timing("plot"):
+            self.run.write_plot(plot_losses(self.run.read_metrics(), title=f"{self.recipe.name}: {self.run_dir}"))
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
         state = distributed.full_model_state(self.model, self.wrapped, self.sharded)
         return storable_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
-    def _save(self) -> None:
-        weights = self._gather_weights()
-        optim_state = distributed.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
-        if self.dist.is_main:
-            state = {"version": STATE_VERSION, **self.counters, "optimizer": optim_state,
-                     "sampler": self.sampler.state_dict(), "rng": _rng_state(),
-                     "world_size": self.dist.world_size}
-            self.run.save_last(weights, state)
-            if not self.eval_enabled:  # without evaluation, the last weights are the published ones
-                self.run.publish(weights)
-        self.saved_step = self.counters["step"]
-        distributed.barrier(self.dist)
+    def _save(self, bar) -> None:
+        with self.clock.timing("save"):
+            weights = self._gather_weights()
+            optim_state = distributed.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
+            if self.dist.is_main:
+                bar.set_description("saving", refresh=True)
+                state = {"version": STATE_VERSION, **self.counters, "optimizer": optim_state,
+                         "sampler": self.sampler.state_dict(), "rng": _rng_state(),
+                         "world_size": self.dist.world_size}
+                self.run.save_last(weights, state)
+                # Without an evaluation yet, the last weights are the published ones.
+                if not self.eval_enabled or self.counters["best_val_loss"] is None:
+                    self.run.publish(weights)
+                bar.set_description("training", refresh=False)
+            self.saved_step = self.counters["step"]
+            distributed.barrier(self.dist)
+
+    def _checkpoint_bytes(self) -> int:
+        """What one save writes: fp32 weights, two optimizer moments, the published weights."""
+        return 4 * 4 * sum(p.numel() for p in self.model.parameters())
 
 
 def _batch_parts(batch):
@@ -377,6 +461,10 @@ def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool
                   "training without it", flush=True)
         return module
     return torch.compile(module)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ def plot_losses(records: list[dict], title: str = "") -> bytes | None:
     return png.getvalue()
 
 
-def progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str = "training", unit: str = "step",
+                 leave: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True,
-                disable=not enabled, leave=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled,
+                leave=leave)

@@ -125,7 +125,7 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
     fixed = sorted(f"{s}.{k}" for s, values in overrides.items() if s != "train" for k in values)
     if fixed:
         raise DecoderLMError(f"cannot change {fixed[0]} when resuming; only train.* settings may change")
-    recipe = apply_overrides(recipe, overrides)
+    recipe, note = _extended_length(apply_overrides(recipe, overrides), overrides.get("train", {}))
     check_can_train(recipe)
     if run.last_checkpoint() is None:
         raise DecoderLMError(f"{out} has no checkpoint to resume (checkpoints/last is missing); "
@@ -136,12 +136,31 @@ def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]
     token_data = open_data(data if data is not None else run.data_path())
     _check_vocab(recipe, token_data, recipe.train.init_from is None, token_data.directory)
 
-    def lock() -> None:
+    def lock() -> None:  # rank 0 only: it also says once what the new length replaced
         nonlocal run
         run = RunDirectory.open_to_resume(out)
+        if note:
+            print(note, flush=True)
 
     sync(lock)
     return recipe, token_data, run
+
+
+def _extended_length(recipe: Recipe, train_overrides: dict) -> tuple[Recipe, str | None]:
+    """A run's length is the smaller of max_steps and epochs. On resume, a length the user sets now
+    (e.g. `--set train.max_steps=80` to extend a run that stopped at its 30 epochs) replaces the
+    saved one of the other kind, which would otherwise still win and silently end the run at once."""
+    given = [key for key in ("max_steps", "epochs") if train_overrides.get(key) is not None]
+    if len(given) != 1:
+        return recipe, None
+    other = "epochs" if given[0] == "max_steps" else "max_steps"
+    saved = getattr(recipe.train, other)
+    if saved is None:
+        return recipe, None
+    note = (f"note: train.{given[0]}={getattr(recipe.train, given[0])} replaces the run's train.{other}={saved} "
+            f"as its length (set both to keep the smaller)")
+    return recipe.replace(train=recipe.train.replace(**{other: None})), note
+
 
 
 
