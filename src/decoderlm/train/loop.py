@@ -167,15 +167,7 @@ class Trainer:
                 c["step"] += 1
                 c["tokens"] += cfg.batch_size * self.block
                 meter.add(cfg.batch_size * self.block)
-                if self.budget:  # the bar's end (and so its ETA) follows the budget: the steps it allows
-                    bar.total = min(self.total_steps, c["step"] + self._steps_that_fit())
-                bar.update(1)
-                if c["step"] % cfg.log_every == 0 or c["step"] == self.total_steps:
-                    rate, mfu = meter.report()
-                    left = {"left": _duration(max(0.0, self.budget - c["elapsed"]))} if self.budget else {}
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
-                    self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                               "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
+                self._report_step(bar, meter, loss, grad_norm, lr)
                 if self.eval_enabled and c["step"] % cfg.eval_every == 0:
                     val_loss = self._evaluate_and_track(bar)
                     if cfg.early_stop_patience and c["evals_without_improvement"] >= cfg.early_stop_patience:
@@ -208,6 +200,19 @@ class Trainer:
                       f"decoderlm train --out {self.run_dir} --resume", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"], clock.end())
+
+    def _report_step(self, bar, meter, loss: float, grad_norm: float, lr: float) -> None:
+        """The progress bar after each step, and a metrics record every log_every steps."""
+        c = self.counters
+        if self.budget:  # the bar's end (and so its ETA) follows the budget: the steps it allows
+            bar.total = min(self.total_steps, c["step"] + self._steps_that_fit())
+        bar.update(1)
+        if c["step"] % self.cfg.log_every == 0 or c["step"] == self.total_steps:
+            rate, mfu = meter.report()
+            left = {"left": _duration(max(0.0, self.budget - c["elapsed"]))} if self.budget else {}
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
+            self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
 
     def _room_for_step(self) -> bool:
         return self._steps_that_fit() >= 1 or self.clock.step_s is None  # the first step is always taken
