@@ -128,7 +128,6 @@ def test_packed_logits_and_losses_equal_each_example_alone_reference_model():
             torch.testing.assert_close(F.cross_entropy(packed, packed_targets), F.cross_entropy(alone, alone_targets))
 
 
-@pytest.mark.xfail(strict=False, reason="needs the redesigned forward(idx, positions=..., attention_mask=...)")
 @pytest.mark.parametrize("position", ["rope", "learned"])
 def test_packed_logits_and_losses_equal_each_example_alone_decoderlm(position):
     torch.manual_seed(0)

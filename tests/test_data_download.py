@@ -1,9 +1,11 @@
 """Downloads against a real HTTP server on 127.0.0.1: Project Gutenberg books (plain, behind a
-redirect, missing, cut off mid-body) and a TinyStories-format file; never the real internet."""
+redirect, missing, cut off mid-body), a TinyStories-format file, and a misbehaving server (a web
+page, a body cut short without Content-Length, a byte every 0.2 s); never the real internet."""
 
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -187,3 +189,91 @@ def test_tinystories_prepare_with_gpt2(server, tmp_path):
     data = TokenData.open(out)
     assert data.meta["train_documents"] == 3 and data.meta["tokenizer"] == "gpt2"
     assert data.tokenizer.decode(data.train.tolist()) == "<|endoftext|>".join(STORIES) + "<|endoftext|>"
+
+
+# -- D9: what a misbehaving server sends is refused, in one line, and never cached -----------------
+BOOK = ("The Project Gutenberg eBook of A Test\n\nTitle: A Test\n\n"
+        "*** START OF THE PROJECT GUTENBERG EBOOK A TEST ***\n"
+        + "It was a dark and stormy night; the rain fell in torrents.\n" * 200
+        + "*** END OF THE PROJECT GUTENBERG EBOOK A TEST ***\nlicence text\n").encode("utf-8")
+PAGE = b"<!DOCTYPE html>\n<html><head><title>Not found</title></head><body>No such book.</body></html>\n"
+
+
+class _BadHandler(BaseHTTPRequestHandler):
+    """Serves BOOK whole, and the ways a download goes wrong (see `BAD_ROUTES`)."""
+
+    hits: Counter = Counter()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.hits[self.path] += 1
+        how = self.path.split("/")[1]  # the mirror is http://127.0.0.1:PORT/HOW
+        body, content_type, length = BOOK, "text/plain; charset=utf-8", True
+        if how == "html":
+            body, content_type = PAGE, "text/html; charset=utf-8"
+        elif how == "htmlastext":
+            body = PAGE
+        elif how == "cut":  # no Content-Length: only the END marker can tell it was cut short
+            body, length = BOOK[: len(BOOK) // 2], False
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            if how == "drip":  # one byte every 0.2 s: never a read timeout, a download that never ends
+                for byte in body[:100]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
+            pass
+        self.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def bad_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _BadHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("how, message", [
+    ("html", r"sent a web page \(text/html\)"),
+    ("htmlastext", "sent a web page"),
+    ("cut", "book 4 is incomplete .*no '\\*\\*\\* END OF THE PROJECT GUTENBERG EBOOK' line"),
+    ("drip", "not complete after 1 s"),
+])
+def test_bad_downloads_are_refused_in_one_line_and_not_cached(bad_server, tmp_path, monkeypatch, how, message):
+    monkeypatch.setattr(download, "DEADLINE", 1.0)
+    book = {"html": 2, "htmlastext": 3, "cut": 4, "drip": 5}[how]
+    path = f"/ebooks/{book}.txt.utf-8"
+    start = time.monotonic()
+    with pytest.raises(DecoderLMError, match=message) as err:
+        list(iter_documents(f"gutenberg:{book}", mirror=f"{bad_server}/{how}", cache_dir=tmp_path))
+    assert "\n" not in str(err.value)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing cached, no .part left
+    assert time.monotonic() - start < 5  # the drip is cut off at the deadline, not after 20 s
+    if how != "drip":
+        assert _BadHandler.hits[f"/{how}{path}"] == 1  # a refused file is not fetched again
+
+
+def test_a_whole_book_from_the_same_server_is_cached(bad_server, tmp_path):
+    docs = list(iter_documents("gutenberg:1", mirror=f"{bad_server}/whole", cache_dir=tmp_path))
+    assert docs[0].title == "A Test" and docs[0].text.startswith("It was a dark and stormy night")
+    assert (tmp_path / "gutenberg" / "1.txt").read_bytes() == BOOK
+
+
+def test_deadline_is_configurable_from_the_environment(bad_server, tmp_path, monkeypatch):
+    monkeypatch.setenv(download.DEADLINE_ENV, "0.5")
+    with pytest.raises(DecoderLMError, match="not complete after 0.5 s"):
+        list(iter_documents("gutenberg:5", mirror=f"{bad_server}/drip", cache_dir=tmp_path))
+    monkeypatch.setenv(download.DEADLINE_ENV, "soon")
+    with pytest.raises(DecoderLMError, match=f"{download.DEADLINE_ENV} must be a number"):
+        list(iter_documents("gutenberg:5", mirror=f"{bad_server}/drip", cache_dir=tmp_path))

@@ -104,7 +104,7 @@ def test_dtype_follows_the_vocabulary(tmp_path):
     data = TokenData.open(prepare([str(tmp_path / "words.txt")], "word", tmp_path / "d", vocab_size=80_000,
                                   val_fraction=0.0, progress=False))
     assert data.meta["dtype"] == "uint32" and data.train.dtype == np.uint32 and data.meta["vocab_size"] > 65536
-    assert int(data.train.max()) > 65535 and data.tokenizer.decode(data.train[:-1].tolist()) == words
+    assert int(np.asarray(data.train).max()) > 65535 and data.tokenizer.decode(data.train[:-1].tolist()) == words
 
 
 def test_toy_data_is_exactly_the_two_sequences(tmp_path):
@@ -121,8 +121,9 @@ def test_token_data_refuses_missing_or_corrupt_directories(tmp_path):
     with pytest.raises(DecoderLMError, match="not a decoderlm data directory"):
         TokenData.open(tmp_path)
     out = prepare(["toy"], "toy", tmp_path / "toy", val_fraction=0.0, progress=False)
-    (out / "train.bin").write_bytes((out / "train.bin").read_bytes()[:-2])
-    with pytest.raises(DecoderLMError, match="train.bin is corrupt"):
+    shard = out / json.loads((out / "meta.json").read_text())["shards"]["train"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(DecoderLMError, match=f"{shard.name} is corrupt"):
         TokenData.open(out)
     (out / "meta.json").write_text("{")
     with pytest.raises(DecoderLMError, match="meta.json is unreadable"):
@@ -283,3 +284,37 @@ def test_cli_invalid_utf8_warns_once_and_continues(tmp_path, capsys):
     assert err.startswith("decoderlm: warning:") and "latin1.txt" in err and "invalid UTF-8" in err
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     assert meta["train_bytes"] == len(("Caf\ufffd society. " * 50).encode("utf-8"))
+
+
+def test_data_directories_of_the_single_file_layout_stay_readable(tmp_path):
+    """A directory written before shards (format 1: train.bin, val.bin) opens as before."""
+    from decoderlm.data.tokenizers import ToyTokenizer
+
+    old = tmp_path / "old"
+    ToyTokenizer().save(old)
+    train, val = np.array([0, 1, 2, 4, 3, 4] * 5, np.uint16), np.array([2, 1, 0, 4, 3, 4], np.uint16)
+    (old / "train.bin").write_bytes(train.tobytes())
+    (old / "val.bin").write_bytes(val.tobytes())
+    meta = {"format": 1, "dtype": "uint16", "vocab_size": 5, "tokenizer": "toy", "eos_id": 4, "pad_id": None,
+            "train_tokens": 30, "val_tokens": 6, "train_documents": 5, "val_documents": 1, "train_bytes": 190,
+            "val_bytes": 38, "split_unit": "document", "val_fraction": 0.1, "seed": 1, "sources": []}
+    (old / "meta.json").write_text(json.dumps(meta))
+    data = TokenData.open(old)
+    assert data.train.tolist() == train.tolist() and data.val.tolist() == val.tolist()
+    x, y = SequentialWindows(data.train, block_size=5, batch_size=5, stride=6, shuffle=False).next_batch()
+    assert x.tolist() == [[0, 1, 2, 4, 3]] * 5 and y.tolist() == [[1, 2, 4, 3, 4]] * 5
+    (old / "val.bin").write_bytes(val.tobytes()[:-2])
+    with pytest.raises(DecoderLMError, match="val.bin is corrupt"):
+        TokenData.open(old)
+
+
+def test_windows_span_shard_files():
+    from decoderlm.data.token_shards import TokenShards
+
+    parts = [np.arange(0, 7, dtype=np.uint16), np.zeros(0, np.uint16), np.arange(7, 10, dtype=np.uint16),
+             np.arange(10, 30, dtype=np.uint16)]
+    tokens = TokenShards(parts, np.uint16)
+    assert len(tokens) == 30 and tokens[5:12].tolist() == list(range(5, 12)) and tokens[-1] == 29
+    assert tokens[3:28].tolist() == list(range(3, 28)) and tokens[8:8].tolist() == []
+    x, y = RandomWindows(tokens, block_size=8, batch_size=64, seed=0).next_batch()
+    assert torch.equal(y, x + 1) and set(x[:, 0].tolist()) <= set(range(22))  # contiguous across files

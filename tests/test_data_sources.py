@@ -81,7 +81,7 @@ def test_invalid_utf8_is_replaced_with_one_warning_naming_the_file(tmp_path):
     ("no/such/file.txt", "no such file or directory: no/such/file.txt"),
     ("shakespear", "unknown source 'shakespear'"),
     ("gutenberg:12,abc", "bad Gutenberg book id 'abc'"),
-    ("missing_dir/*.txt", "no .txt/.txt.gz/.md/.jsonl/.jsonl.gz files match"),
+    ("missing_dir/*.txt", "no .txt/.txt.gz/.txt.zst/.md/.jsonl/.jsonl.gz/.jsonl.zst/.parquet files (or datasets directories) match"),
 ])
 def test_bad_specs_are_one_line_errors(spec, message):
     with pytest.raises(DecoderLMError) as err:

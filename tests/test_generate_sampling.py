@@ -168,7 +168,7 @@ def test_train_mode_is_restored_and_dropout_is_off():
 def test_output_can_be_used_for_training():
     model = _model()
     out = generate(model, torch.tensor([[5, 9, 2]]), 8, temperature=0)
-    loss, _ = model.loss(out[:, :-1], out[:, 1:])
+    loss = model(out[:, :-1], out[:, 1:])
     loss.backward()  # an inference-mode tensor would refuse this
 
 

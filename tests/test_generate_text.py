@@ -111,7 +111,7 @@ def test_generate_command_json_and_stream(run_dir, capsys):
 def test_generate_command_options(run_dir, capsys):
     code, out, _ = _run(capsys, "generate", run_dir, "--prompt", "the", "--max-new-tokens", "10",
                         "--num-samples", "2", "--top-k", "5", "--top-p", "0.9", "--min-p", "0.05",
-                        "--repetition-penalty", "1.2", "--temperature", "0.7", "--stop", "q", "z", "--json")
+                        "--repetition-penalty", "1.2", "--temperature", "0.7", "--stop", "q", "--stop", "z", "--json")
     assert code == 0 and len(json.loads(out)["completions"]) == 2
     code, out, _ = _run(capsys, "generate", run_dir, "--prompt", "the", "--max-new-tokens", "10", "--num-beams", "3")
     assert code == 0 and out.startswith("the")

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import decoderlm
-from decoderlm import DecoderLM, DecoderLMError, ModelConfig
+from decoderlm import DecoderLM, DecoderLMError, ModelConfig, get_recipe
+from decoderlm.generate.inputs import causal_mask, padded_positions
 from decoderlm.lm import LanguageModel
 
 transformers = pytest.importorskip("transformers")
@@ -95,7 +96,7 @@ def test_load_matches_transformers(checkpoints, name):
         torch.testing.assert_close(lm.model(idx), ref, atol=ATOL, rtol=0)
 
         mask = _left_padding_mask()
-        ours = lm.model(idx, attention_mask=mask)
+        ours = lm.model(idx, attention_mask=causal_mask(SEQ, valid=mask), positions=padded_positions(mask))
     real = mask.bool()
     torch.testing.assert_close(ours[real], _hf_logits(hf_model, idx, mask)[real], atol=ATOL, rtol=0)
 
@@ -154,7 +155,7 @@ def test_export_of_a_native_model(tmp_path, config):
 @pytest.mark.parametrize("preset,what", [("toy", "sinusoidal"), ("tinystories-6l", "post-norm"),
                                          ("llama-moe", "mixture-of-experts")])
 def test_export_refuses_what_transformers_cannot_express(tmp_path, preset, what):
-    config = ModelConfig.from_preset(preset).replace(vocab_size=VOCAB, d_model=16, n_head=2, n_kv_head=None,
+    config = get_recipe(preset).model.replace(vocab_size=VOCAB, d_model=16, n_head=2, n_kv_head=None,
                                                      n_layer=1, d_ff=32, max_seq_len=16)
     with pytest.raises(DecoderLMError, match=what) as err:
         LanguageModel.from_model(DecoderLM(config)).save(tmp_path / "hf", format="hf")

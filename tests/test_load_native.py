@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import decoderlm
-from decoderlm import DecoderLM, DecoderLMError, ModelConfig, Recipe, TrainConfig
+from decoderlm import DecoderLM, DecoderLMError, ModelConfig, Recipe, TrainConfig, get_recipe
 from decoderlm.cli import main
 from decoderlm.lm import LanguageModel
 
@@ -37,7 +37,7 @@ def run_dir(tmp_path):
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_LLAMA, ModelConfig.from_preset("llama-moe").replace(
+@pytest.mark.parametrize("config", [TINY, TINY_LLAMA, get_recipe("llama-moe").model.replace(
     vocab_size=64, max_seq_len=16, d_model=32, n_layer=1, n_head=4, n_kv_head=2, d_ff=48)], ids=["gpt", "llama", "moe"])
 def test_native_round_trip_is_exact(tmp_path, config):
     recipe = Recipe(name="mine", description="a test recipe", model=config, train=TrainConfig(lr=1e-3, betas=(0.8, 0.9)))
@@ -71,14 +71,14 @@ def test_saving_again_replaces_weights_and_keeps_other_files(run_dir):
 
 
 def test_a_failed_write_leaves_the_old_checkpoint(run_dir, monkeypatch):
-    import decoderlm.checkpoint_io as io
+    import safetensors.torch
 
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io, "save_file", disk_full)
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)  # what fileio's writer calls
     with pytest.raises(DecoderLMError, match="No space left"):
         _save(run_dir, seed=1)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
@@ -165,7 +165,7 @@ BAD = {
     "json not an object": "JSON object",
     "no model section": "no 'model' section",
     "unknown model key": "d_modle",
-    "wrong type": "invalid",
+    "wrong type": "invalid .*config.json: model.n_head must be a whole number .*, got 'four'",
     "shape mismatch": "shape",
     "layer count mismatch": "blocks.2",
     "hf config missing key": "lacks 'hidden_size', 'num_attention_heads', 'intermediate_size', 'max_position_embeddings'",

@@ -13,12 +13,12 @@ def test_preset_list():
 
 
 def test_toy_has_37_parameters():
-    parts = parameter_breakdown(DecoderLM(ModelConfig.from_preset("toy")))
+    parts = parameter_breakdown(DecoderLM(get_recipe("toy").model))
     assert (parts["embedding"], parts["attention"], parts["head"], parts["total"]) == (10, 12, 15, 37)
 
 
 def test_tinystories_counts_with_gpt2_vocabulary():
-    parts = parameter_breakdown(DecoderLM(ModelConfig.from_preset("tinystories-6l")))
+    parts = parameter_breakdown(DecoderLM(get_recipe("tinystories-6l").model))
     assert parts["embedding"] == 25_731_584
     assert parts["blocks"] == 18_905_088
     assert parts["head"] == 25_781_841
@@ -26,7 +26,7 @@ def test_tinystories_counts_with_gpt2_vocabulary():
 
 
 def test_gpt2_has_124m():
-    assert DecoderLM(ModelConfig.from_preset("gpt2")).num_parameters() == 124_439_808
+    assert DecoderLM(get_recipe("gpt2").model).num_parameters() == 124_439_808
 
 
 def test_seed_hyperparameters():
@@ -47,7 +47,7 @@ def test_seed_hyperparameters():
 
 @pytest.mark.parametrize("name", preset_names())
 def test_preset_forward_backward_and_info(name, capsys):
-    cfg = ModelConfig.from_preset(name)
+    cfg = get_recipe(name).model
     if cfg.n_layer > 4:  # keep the suite fast: same architecture, fewer layers and a short sequence
         cfg = cfg.replace(n_layer=2)
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def test_preset_forward_backward_and_info(name, capsys):
     idx = torch.randint(0, cfg.vocab_size, (2, min(8, cfg.max_seq_len)))
     logits = model(idx)
     assert logits.shape == (*idx.shape, cfg.vocab_size)
-    total, _ = model.loss(idx[:, :-1], idx[:, 1:])
+    total = model(idx[:, :-1], idx[:, 1:])
     total.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert main(["info", name]) == 0

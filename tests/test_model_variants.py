@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from decoderlm import DecoderLM, ModelConfig
+from decoderlm.generate.inputs import causal_mask, padded_positions
 
 POSITIONS = ["rope", "learned", "sinusoidal"]
 ATTENTION = {"mha": 4, "gqa": 2, "mqa": 1}
@@ -47,14 +48,25 @@ def test_changing_a_token_never_changes_earlier_logits(kw):
         assert not torch.allclose(out[:, t], base[:, t]), "the changed position itself must change"
 
 
-def incremental_logits(model, idx, attention_mask=None, prefill=5, step=1):
+def padded_inputs(valid):
+    """The model's inputs for a left-padded batch: (B, T) 1/0 padding mask -> mask and positions."""
+    return dict(attention_mask=causal_mask(valid.shape[1], valid=valid), positions=padded_positions(valid))
+
+
+def incremental_logits(model, idx, valid=None, prefill=5, step=1):
+    """Prefill, then `step` tokens at a time through the KV cache; valid: (B, T) padding mask or None."""
     cache = model.new_cache(idx.shape[0])
+    positions = None if valid is None else padded_positions(valid)
     chunks, start = [], 0
     bounds = [prefill] + list(range(prefill + step, idx.shape[1] + step, step))
     for end in bounds:
         end = min(end, idx.shape[1])
-        mask = attention_mask[:, :end] if attention_mask is not None else None
-        chunks.append(model(idx[:, start:end], attention_mask=mask, cache=cache, start=start))
+        T = end - start
+        mask = None
+        if valid is not None or (start > 0 and T > 1):
+            mask = causal_mask(T, end, start, None if valid is None else valid[:, :end])
+        pos = None if positions is None else positions[:, start:end]
+        chunks.append(model(idx[:, start:end], cache=cache, positions=pos, attention_mask=mask))
         start = end
     return torch.cat(chunks, dim=1)
 
@@ -80,8 +92,8 @@ def test_kv_cache_with_left_padding(kw):
     for row, n in enumerate(lengths):
         idx[row, 14 - n:] = torch.randint(0, 61, (n,), generator=gen)
         mask[row, 14 - n:] = 1
-    full = model(idx, attention_mask=mask)
-    incremental = incremental_logits(model, idx, attention_mask=mask)
+    full = model(idx, **padded_inputs(mask))
+    incremental = incremental_logits(model, idx, valid=mask)
     for row, n in enumerate(lengths):
         alone = model(idx[row:row + 1, 14 - n:])
         torch.testing.assert_close(full[row:row + 1, 14 - n:], alone, rtol=0, atol=1e-5)
@@ -120,15 +132,15 @@ def test_static_cache_equals_full_sequence(kw):
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, :5] = 0
     for attention_mask in (None, mask):
-        full = model(idx, attention_mask=attention_mask)
+        full = model(idx) if attention_mask is None else model(idx, **padded_inputs(attention_mask))
         cache = model.new_cache(2, max_len=16, static=True)
         padded = None if attention_mask is None else torch.cat([attention_mask, torch.ones(2, 4, dtype=torch.long)], 1)
         chunks = []
-        position_ids = None if attention_mask is None else (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = None if attention_mask is None else padded_positions(attention_mask)
         for start, end in [(0, 6)] + [(t, t + 1) for t in range(6, 12)]:
-            pos = None if position_ids is None else position_ids[:, start:end]
-            chunks.append(model(idx[:, start:end], attention_mask=padded, position_ids=pos, cache=cache,
-                                start=torch.tensor(start)))
+            pos = None if positions is None else positions[:, start:end]
+            static_mask = causal_mask(end - start, 16, cache.length, padded)
+            chunks.append(model(idx[:, start:end], attention_mask=static_mask, positions=pos, cache=cache))
         incremental = torch.cat(chunks, 1)
         rows = [0, 1] if attention_mask is None else [0]
         torch.testing.assert_close(incremental[rows], full[rows], rtol=0, atol=1e-5)

@@ -5,9 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from decoderlm.config import ModelConfig, get_recipe
+from decoderlm.config import ModelConfig
+from decoderlm.presets import get_recipe
 from decoderlm.data.shards import TokenData
 from decoderlm.model import DecoderLM
+from decoderlm.rundir import RunDirectory
 from decoderlm.train.loop import Trainer
 from decoderlm.train.precision import MasterWeights, use_master_weights
 from test_train_support import char_data, run_cli, tiny_sets  # noqa: F401
@@ -37,7 +39,7 @@ def test_gradients_accumulate_in_float32():
     idx = torch.randint(0, 32, (2, 8))
     expected = None
     for half in (idx[:1], idx[1:]):
-        mw.compute.loss(half[:, :-1], half[:, 1:])[0].backward()
+        mw.compute(half[:, :-1], half[:, 1:]).backward()
         grads = [p.grad.float().clone() for p in mw.compute.parameters()]
         expected = grads if expected is None else [a + b for a, b in zip(expected, grads)]
         mw.collect_grads()
@@ -51,15 +53,15 @@ def test_master_weights_refused_under_torchrun(monkeypatch):
     """Checked with the other train settings, before anything is written, on every rank alike
     (`decoderlm train` under torchrun printed the same one line from both ranks, exit 2)."""
     from decoderlm.errors import DecoderLMError
-    from decoderlm.train.rundir import check_train_config
+    from decoderlm.train.preflight import check_can_train
 
     recipe = get_recipe("toy")
     recipe = recipe.replace(train=recipe.train.replace(master_weights=True))
-    check_train_config(recipe)  # one process: fine
+    check_can_train(recipe)  # one process: fine
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DecoderLMError, match="train.master_weights is for single-process training"):
-        check_train_config(recipe)
-    check_train_config(recipe.replace(train=recipe.train.replace(master_weights=None)))  # unset: autocast
+        check_can_train(recipe)
+    check_can_train(recipe.replace(train=recipe.train.replace(master_weights=None)))  # unset: autocast
 
 
 def test_master_weights_where_measured():
@@ -95,8 +97,8 @@ def test_trainer_trains_a_bf16_copy_by_default_on_cpu(tmp_path, char_data, setti
     recipe = recipe.replace(model=recipe.model.replace(vocab_size=data.meta["vocab_size"], max_seq_len=16),
                             train=recipe.train.replace(dtype="bfloat16", master_weights=setting, max_steps=2,
                                                        eval_every=0, compile=False))
-    trainer = Trainer(recipe, data, tmp_path / "run", progress=False)
-    trained = trainer.loss_module.model
+    trainer = Trainer(recipe, data, RunDirectory.create(tmp_path / "run"), progress=False)
+    trained = trainer.compute_model
     assert (trainer.master is not None) == expect_master
     assert next(trained.parameters()).dtype == (torch.bfloat16 if expect_master else torch.float32)
     assert next(trainer.model.parameters()).dtype == torch.float32

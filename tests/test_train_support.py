@@ -42,6 +42,7 @@ def tiny_sets(**extra) -> list[str]:
         "train.warmup_steps": 5, "train.eval_every": 10, "train.eval_batches": 2, "train.log_every": 1,
         "train.time_budget": "none", "train.dtype": "float32", "train.compile": "false", "train.sample_prompts": "the",
         "train.sample_tokens": 8, "data.tokenizer": "char", "data.vocab_size": 64,
+        "train.threads": torch.get_num_threads(),  # fixed: bit-exact comparisons need one count throughout
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
     return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]
@@ -69,6 +70,14 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
 def run_subprocess(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "decoderlm", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def start_patched_cli(patch: str, args: list, **popen) -> subprocess.Popen:
+    """`decoderlm ARGS` in a child process that first runs `patch` (Python source), e.g. to make
+    it pause at a chosen moment so a test can kill or interrupt it there."""
+    script = f"{patch}\nimport sys\nfrom decoderlm.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    popen = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([PYTHON, "-c", script, *map(str, args)], **popen)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

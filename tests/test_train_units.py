@@ -11,7 +11,8 @@ from decoderlm import DecoderLM, DecoderLMError, ModelConfig, TrainConfig, get_r
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.optim import build_optimizer, is_muon_param
 from decoderlm.train.overrides import apply_overrides, parse_overrides
-from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.config import parse_duration
+from decoderlm.train.schedule import horizon, lr_factor
 
 TINY = ModelConfig(vocab_size=32, max_seq_len=8, d_model=16, n_layer=2, n_head=2, position="rope", ffn="swiglu",
                    norm="rmsnorm", qkv_bias=False, attn_out_bias=False, mlp_bias=False, tie_embeddings=True)
@@ -75,7 +76,7 @@ def test_muon_takes_hidden_matrices_adamw_the_rest():
     assert {g["base_lr"] for g in muon.param_groups} == {0.02} and {g["base_lr"] for g in adamw.param_groups} == {1e-3}
     x = torch.randint(0, 32, (2, 8))
     before = model.blocks[0].attn.qkv.weight.detach().clone()
-    model.loss(x, x)[0].backward()
+    model(x, x).backward()
     opt.step()
     assert not torch.equal(before, model.blocks[0].attn.qkv.weight)
     state = opt.state_dict()
@@ -118,17 +119,30 @@ def test_overrides_parse_and_apply():
 
 
 def test_metrics_log_survives_a_line_cut_by_a_crash(tmp_path):
-    from decoderlm.train.metrics import MetricsLog, flops_per_token
+    from decoderlm.rundir import RunDirectory
 
-    log = MetricsLog(tmp_path)
-    log.write({"step": 1, "loss": 2.0})
-    log.write({"step": 2, "loss": float("nan")})
-    with open(log.path, "a") as f:
-        f.write('{"step": 3, "lo')  # killed mid-write
-    assert log.read() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": None}]
-    log.truncate_after(1)  # what a resume from step 1 does
-    assert log.read() == [{"step": 1, "loss": 2.0}]
+    with RunDirectory.create(tmp_path / "run") as run:
+        run.append_metrics({"step": 1, "loss": 2.0})
+        run.append_metrics({"step": 2, "loss": float("nan")})
+        with open(run.metrics_file, "a") as f:
+            f.write('{"step": 3, "lo')  # killed mid-write
+        assert run.read_metrics() == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": None}]
+        run.truncate_metrics(1)  # what a resume from step 1 does
+        assert run.read_metrics() == [{"step": 1, "loss": 2.0}]
 
-    model = DecoderLM(TINY)  # tied embeddings: the head's matmul counts, learned positions have none
-    expected = 6 * model.num_parameters() + 12 * TINY.n_layer * TINY.n_head * TINY.head_dim * 8
-    assert flops_per_token(model, 8) == expected
+
+def test_flops_per_token_counts_each_matmul_weight_once():
+    """PaLM's 6 N + 12 L H D T; N: the matmul weights (trainer and bench share this count)."""
+    from decoderlm.train.mfu import flops_per_token
+
+    d, f = TINY.d_model, TINY.d_ff
+    per_layer = d * 3 * d + d * d + d * 2 * f + f * d  # qkv, proj, gate_up, down
+    head = TINY.vocab_size * d  # tied: the embedding lookup is no matmul, the head counts once
+    attention = 12 * TINY.n_layer * TINY.n_head * TINY.head_dim * 8
+    assert flops_per_token(DecoderLM(TINY), 8) == 6 * (TINY.n_layer * per_layer + head) + attention
+    untied = DecoderLM(TINY.replace(tie_embeddings=False))  # the same matmuls: the embedding is a lookup
+    assert flops_per_token(untied, 8) == flops_per_token(DecoderLM(TINY), 8)
+    moe = TINY.replace(ffn="moe", n_experts=4, experts_per_token=2)
+    experts = 4 * 3 * d * moe.d_ff  # gate_up and down of each expert; a token uses 2 of 4
+    expected = 6 * (moe.n_layer * (d * 3 * d + d * d + d * 4 + experts / 2) + head) + attention
+    assert flops_per_token(DecoderLM(moe), 8) == pytest.approx(expected)

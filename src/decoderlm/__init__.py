@@ -1,8 +1,8 @@
 """decoderlm: build, train and run decoder-only transformer language models."""
 
-from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig, get_recipe, preset_names
+from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig
 from decoderlm.errors import DecoderLMError
-from decoderlm.model import DecoderLM, KVCache
+from decoderlm.presets import get_recipe, preset_names
 
 __version__ = "0.1.0"
 
@@ -10,6 +10,16 @@ __all__ = [
     "DataConfig", "DecoderLM", "DecoderLMError", "KVCache", "ModelConfig", "Recipe", "TrainConfig",
     "get_recipe", "preset_names", "load",
 ]
+
+
+def __getattr__(name):
+    # The model (and with it torch) is imported on first use, so that processes needing only the
+    # data pipeline (the encoder processes of `decoderlm prepare`) start in a fraction of a second.
+    if name in ("DecoderLM", "KVCache"):
+        from decoderlm import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'decoderlm' has no attribute {name!r}")
 
 
 def load(path, **kwargs):

@@ -1,22 +1,19 @@
-"""Safe reading and atomic writing of weights and config files.
+"""Safe reading of weights and config files, and the form in which weights are stored.
 
 Weights only ever travel as safetensors (never pickle). Every failure a user can cause — a missing,
 truncated or corrupt file, weights that do not fit the config — becomes a one-line DecoderLMError.
-Writes go to a temporary file in the same directory, are fsynced, then renamed over the target, so
-a crash leaves either the old file or the new one, never half of one.
+Writing (atomic files and directories) is decoderlm.fileio's job.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from decoderlm.errors import DecoderLMError
 
@@ -113,81 +110,20 @@ def check_and_load(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     model.load_state_dict(state, strict=False)
 
 
+def storable_weights(state: dict[str, torch.Tensor], tied: bool) -> dict[str, torch.Tensor]:
+    """A state dict as decoderlm stores weights: on the CPU, a tied head stored once (as the
+    embedding), every tensor contiguous and owning its memory (safetensors refuses views into a
+    larger or shared storage). `state` may be a model's, or one gathered from FSDP shards."""
+    out = {k: v.detach().to("cpu").contiguous() for k, v in state.items() if not (tied and k == "lm_head.weight")}
+    return {k: v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v for k, v in out.items()}
+
+
 def native_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's weights for safetensors: a tied head stored once (as the embedding), every tensor
-    contiguous and owning its memory (safetensors refuses shared or strided storage)."""
-    state = model.state_dict()
-    if _head_is_tied(model):
-        state.pop("lm_head.weight")
-    return {name: t.detach().contiguous() for name, t in state.items()}
+    """The model's weights for safetensors (see storable_weights)."""
+    return storable_weights(model.state_dict(), tied=_head_is_tied(model))
 
 
 def _head_is_tied(model: torch.nn.Module) -> bool:
     """The head shares the embedding's matrix (a quantized head has no `weight`: never tied)."""
     head = getattr(model, "lm_head", None)
     return head is not None and getattr(head, "weight", None) is model.tok_emb.weight
-
-
-# -- writing ----------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temp_path(target: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def commit_files(writers: Iterable[tuple[Path, Any]]) -> None:
-    """Write several files atomically as a group: each `(target, write(tmp_path))` writes to a temp
-    file, all are fsynced, then all are renamed into place (weights last, by the caller's order)."""
-    pending: list[tuple[Path, Path]] = []
-    target = None
-    try:
-        for target, write in writers:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _temp_path(target)
-            pending.append((tmp, target))
-            write(tmp)
-            _fsync_file(tmp)
-        for tmp, target in pending:
-            os.replace(tmp, target)
-        for directory in {target.parent for _, target in pending}:
-            _fsync_dir(directory)
-    except OSError as err:  # disk full, permissions, read-only file system
-        raise DecoderLMError(f"cannot write {target}: {err.strerror or err}") from None
-    finally:
-        for tmp, _ in pending:
-            if tmp.exists():
-                tmp.unlink()
-
-
-def safetensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
-    return lambda tmp: save_file(tensors, tmp, metadata=metadata)
-
-
-def bytes_writer(data: bytes):
-    return lambda tmp: Path(tmp).write_bytes(data)
-
-
-def json_writer(data: dict[str, Any]):
-    return lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def write_file_atomic(target: str | Path, write) -> None:
-    commit_files([(Path(target), write)])

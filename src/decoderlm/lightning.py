@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from decoderlm.config import ModelConfig, TrainConfig
 from decoderlm.errors import DecoderLMError
+from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
 from decoderlm.train.optim import build_optimizer
 from decoderlm.train.schedule import lr_factor
@@ -66,20 +67,21 @@ class LightningLM(L.LightningModule):
         if self.train_config.optimizer == "muon":
             raise DecoderLMError("the Lightning adapter supports adamw and adam; Muon needs two optimizers "
                                  "(use decoderlm train)")
-        self.model = DecoderLM(config)
+        # The CPU training kernels, as `decoderlm train` uses them; elsewhere they run the plain ops.
+        self.model = apply_cpu_kernels(DecoderLM(config))
 
     def forward(self, idx):
         return self.model(idx)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        total, ce = self.model.loss(x, y)
-        self.log("train_loss", ce, prog_bar=True)
-        return total
+        loss = self.model(x, y)
+        self.log("train_loss", loss - self.model.aux_loss(), prog_bar=True)  # the cross-entropy
+        return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
-        _, ce = self.model.loss(x, y)
+        ce = self.model(x, y) - self.model.aux_loss()
         self.log("val_loss", ce, prog_bar=True)
         return ce
 

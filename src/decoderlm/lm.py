@@ -8,19 +8,19 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, commit_files, json_writer,
-                                     native_state_dict, read_json, read_weights, safetensors_writer)
+from decoderlm.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, check_and_load, native_state_dict, read_json, read_weights
 from decoderlm.config import ModelConfig, Recipe
 from decoderlm.errors import DecoderLMError
+from decoderlm.memory import require_model
 from decoderlm.model import DecoderLM
 from decoderlm.quantize import QuantSpec, prepare_layout, quantization_of, quantize_model
+from decoderlm.rundir import RunDirectory, recipe_from_json, tokenizer_files
 
 FORMATS = ("native", "hf")
 
@@ -33,10 +33,24 @@ class LanguageModel:
     tokenizer: Any = None
     source_format: str = "native"  # "native" | "hf": where it was loaded from
     path: Path | None = None  # the directory it was loaded from, if any
+    chat_template: Any = None  # a decoderlm.chat.ChatTemplate: the run's chat_template.jinja or the HF checkpoint's
+
+    def chat_renderer(self, template=None):
+        """A `decoderlm.chat.ChatRenderer` for `template` (default: the model's own), or None when
+        there is neither. The special-token variables come from the checkpoint's tokenizer_config.json
+        when it names them (an imported Llama-3's bos_token), else from the tokenizer."""
+        from decoderlm.chat.render import ChatRenderer
+        from decoderlm.chat.template import special_token_variables
+
+        template = template or self.chat_template
+        if template is None or self.tokenizer is None:
+            return None
+        return ChatRenderer(template, self.tokenizer, special_token_variables(self.tokenizer, self.path))
 
     @classmethod
-    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None) -> "LanguageModel":
-        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer)
+    def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None,
+                   chat_template=None) -> "LanguageModel":
+        return cls(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer, chat_template=chat_template)
 
     def generate(self, text_or_texts: str | list[str], **kwargs) -> str | list[str]:
         """Continue a prompt (-> str) or prompts (-> list); see decoderlm.generate.generate_text."""
@@ -48,34 +62,29 @@ class LanguageModel:
         """Write the model to `out_dir` (created if needed; files in it are replaced atomically).
 
         native: config.json (the full recipe) + model.safetensors + the tokenizer's own files.
-        hf: config.json + model.safetensors that transformers loads (plus tokenizer.json if any).
+        hf: config.json + model.safetensors that transformers loads, plus tokenizer.json and
+        tokenizer_config.json when there is a tokenizer.
         """
         if format not in FORMATS:
             raise DecoderLMError(f"unknown save format {format!r}; choose one of: {', '.join(FORMATS)}")
         out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise DecoderLMError(f"{out} exists and is not a directory")
         config = self.model.config
         quantization = quantization_of(self.model)
         if format == "hf" and quantization is not None:
             raise DecoderLMError("a Hugging Face checkpoint cannot hold decoderlm's quantized weights; "
                                  "save it in the native format")
-        if format == "hf":
-            from decoderlm.interop.hf import write_hf_checkpoint
+        with RunDirectory.open_model_dir(out) as run:
+            if format == "hf":
+                from decoderlm.interop.hf import write_hf_checkpoint
 
-            write_hf_checkpoint(native_state_dict(self.model), config, out, _hf_tokenizer_files(self.tokenizer),
-                                _special_ids(self.tokenizer))
-            return out
-        recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
-        if recipe.model != config:  # the recipe must describe these weights
-            recipe = recipe.replace(model=config)
-        config_json = recipe.to_dict()
-        if quantization is not None:
-            config_json["quantization"] = quantization.to_dict()
-        commit_files([(out / CONFIG_NAME, json_writer(config_json)),
-                      (out / WEIGHTS_NAME, safetensors_writer(native_state_dict(self.model), {"format": "pt"}))])
-        if self.tokenizer is not None:
-            _save_tokenizer(self.tokenizer, out)
+                files = _hf_tokenizer_files(self.tokenizer, out, self.chat_renderer())
+                write_hf_checkpoint(native_state_dict(self.model), config, out, files, _special_ids(self.tokenizer))
+                return out
+            recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
+            if recipe.model != config:  # the recipe must describe these weights
+                recipe = recipe.replace(model=config)
+            extra = {"quantization": quantization.to_dict()} if quantization is not None else None
+            run.write_model(recipe, native_state_dict(self.model), self.tokenizer, self.chat_template, extra)
         return out
 
 
@@ -96,8 +105,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
         config, state = read_hf_checkpoint(directory, config_json)
         recipe, source_format = None, "hf"
     else:
-        recipe, source_format = _recipe(config_json, directory), "native"
+        recipe, source_format = recipe_from_json(config_json, directory / CONFIG_NAME), "native"
         config, state = recipe.model, read_weights(directory)
+    require_model(config, torch.float32, "cpu")  # it is built in fp32 on the CPU, then moved
     model = DecoderLM(config)
     saved_spec = _saved_quantization(config_json, directory)
     if saved_spec is not None:
@@ -116,8 +126,10 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
         raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
     model.eval()
+    from decoderlm.chat.template import read_saved_template
+
     return LanguageModel(model=model, config=config, recipe=recipe, tokenizer=_load_tokenizer(directory),
-                         source_format=source_format, path=directory)
+                         source_format=source_format, path=directory, chat_template=read_saved_template(directory))
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -131,20 +143,6 @@ def _checkpoint_dir(path: Path) -> Path:
         raise DecoderLMError(f"{path} has no {CONFIG_NAME}; it is neither a decoderlm run directory "
                              f"nor a Hugging Face checkpoint")
     return path
-
-
-def _recipe(config_json: dict[str, Any], directory: Path) -> Recipe:
-    where = directory / CONFIG_NAME
-    if not isinstance(config_json.get("model"), dict):
-        raise DecoderLMError(f"{where} has no 'model' section (nor a Hugging Face 'model_type'); "
-                             f"is it a decoderlm config.json?")
-    for section in ("train", "data"):
-        if not isinstance(config_json.get(section, {}), dict):
-            raise DecoderLMError(f"{where}: '{section}' must be an object")
-    try:
-        return Recipe.from_dict(config_json)
-    except (TypeError, ValueError, AttributeError, KeyError) as err:  # wrongly typed fields
-        raise DecoderLMError(f"invalid {where}: {' '.join(str(err).split())}") from None
 
 
 def _saved_quantization(config_json: dict[str, Any], directory: Path):
@@ -194,32 +192,45 @@ def _load_tokenizer(directory: Path):
     return module.load_tokenizer(directory)
 
 
-def _save_tokenizer(tokenizer, out: Path) -> None:
-    save = getattr(tokenizer, "save", None)
-    if save is None:
-        raise DecoderLMError(f"cannot save tokenizer {type(tokenizer).__name__}: it has no save(directory) method")
-    save(out)
-
-
-def _hf_tokenizer_files(tokenizer) -> dict[str, bytes]:
+def _hf_tokenizer_files(tokenizer, out: Path, chat=None) -> dict[str, bytes]:
     """tokenizer.json (the `tokenizers` library's file, which transformers reads too) and a
-    tokenizer_config.json naming its end and pad tokens, if the tokenizer writes a tokenizer.json;
-    other tokenizers (tiktoken's GPT-2, the toy one) are left out of a Hugging Face export."""
-    if tokenizer is None or not hasattr(tokenizer, "save"):
+    tokenizer_config.json naming its end and pad tokens. Every decoderlm tokenizer converts
+    (GPT-2's tiktoken ranks into a byte-level BPE); one that cannot is refused, never left out.
+    With a chat template (`chat`, a ChatRenderer), see `_hf_chat_files`."""
+    if tokenizer is None:
         return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save(Path(tmp))
-        file = Path(tmp) / "tokenizer.json"
-        if not file.is_file():
-            return {}
-        files = {"tokenizer.json": file.read_bytes()}
-    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast"}
+    to_hf = getattr(tokenizer, "to_hf", None)
+    if to_hf is None:
+        raise DecoderLMError(f"cannot write the tokenizer ({type(tokenizer).__name__}) in Hugging Face format: "
+                             f"it has no to_hf(); save with format='native' or without a tokenizer")
+    files = {"tokenizer.json": to_hf().to_str().encode()}
+    # clean_up_tokenization_spaces would change decoded text (" ." -> "."); decoderlm decodes as is.
+    hf_config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
     for role in ("eos", "pad"):
         token_id = getattr(tokenizer, f"{role}_id", None)
         if token_id is not None:
             hf_config[f"{role}_token"] = tokenizer.decode([token_id])
+    if chat is not None:
+        files.update(_hf_chat_files(chat, hf_config))
     files["tokenizer_config.json"] = (json.dumps(hf_config, indent=2) + "\n").encode()
     return files
+
+
+def _hf_chat_files(chat, hf_config: dict) -> dict[str, bytes]:
+    """What makes the export chat in transformers as it does here: the template in
+    tokenizer_config.json with the special-token variables it is rendered with (so
+    `apply_chat_template` gives decoderlm's ids; the template's tokens are special tokens of
+    tokenizer.json already), and a generation_config.json whose eos_token_id lists the end-of-turn
+    token, so `generate` and `pipeline` stop where a reply ends. eos_token itself stays the
+    tokenizer's: templates write it, and changing it would change the rendered text."""
+    hf_config["chat_template"] = chat.template.source
+    hf_config.update(chat.variables)
+    stops = chat.stop_token_ids()
+    generation = {"eos_token_id": stops if len(stops) > 1 else stops[0]} if stops else {}
+    pad = getattr(chat.tokenizer, "pad_id", None)
+    if pad is not None:
+        generation["pad_token_id"] = pad
+    return {"generation_config.json": (json.dumps(generation, indent=2) + "\n").encode()} if generation else {}
 
 
 def _special_ids(tokenizer) -> dict[str, int]:

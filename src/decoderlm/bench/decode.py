@@ -4,6 +4,7 @@ transformers' `generate` on identical weights, plus prefill tokens/s and peak me
 from __future__ import annotations
 
 import copy
+import time
 
 import torch
 
@@ -20,18 +21,23 @@ def _hf_generate(hf, prompt, new_tokens, static: bool):
                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=1, **kwargs)
 
 
-def contenders(ours, hf, prompt, new_tokens):
+def contenders(ours, hf, prompt, new_tokens, compiled: bool = True):
     """name -> callable producing (B, 16 + new) ids. transformers' static cache is compiled through its
-    own CompileConfig (on CPU it has to be asked for explicitly)."""
+    own CompileConfig (on CPU it has to be asked for explicitly). compiled=False: the eager two only."""
     from transformers.generation import CompileConfig
 
+    runs = {
+        "decoderlm eager": lambda: generate(ours, prompt, new_tokens, temperature=0),
+        "transformers dynamic": lambda: _hf_generate(hf, prompt, new_tokens, static=False),
+    }
+    if not compiled:
+        return runs
     compile_config = CompileConfig()
     compile_config._compile_all_devices = True  # transformers only auto-compiles on GPUs otherwise
     hf.generation_config.compile_config = compile_config
     return {
         "decoderlm compiled": lambda: generate(ours, prompt, new_tokens, temperature=0, compile=True),
-        "decoderlm eager": lambda: generate(ours, prompt, new_tokens, temperature=0),
-        "transformers dynamic": lambda: _hf_generate(hf, prompt, new_tokens, static=False),
+        **runs,
         "transformers static compiled": lambda: _hf_generate(hf, prompt, new_tokens, static=True),
     }
 
@@ -50,37 +56,44 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a[:, PROMPT:n] == b[:, PROMPT:n]).float().mean())
 
 
-def _prefill_rate(ours, hf, length: int = 256) -> dict[str, float]:
+def _prefill_rate(ours, hf, length: int = 256, repeats: int = 5) -> dict[str, float]:
     ids = torch.randint(2, ours.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
 
     def ours_prefill():
         with torch.inference_mode():
-            ours(ids, cache=ours.new_cache(1, length), start=0)
+            ours(ids, cache=ours.new_cache(1, length))
 
     def hf_prefill():
         with torch.inference_mode():
             hf(input_ids=ids, use_cache=True)
 
-    seconds = alternate({"decoderlm": ours_prefill, "transformers": hf_prefill}, warmup=1, repeats=5)
+    seconds = alternate({"decoderlm": ours_prefill, "transformers": hf_prefill}, warmup=1, repeats=repeats)
     return {k: length / median(v) for k, v in seconds.items()}
 
 
 def run(quick: bool = False, dtype=torch.bfloat16) -> list[dict]:
-    new_tokens = 64 if quick else 256
-    ours32, hf32 = llama_pair(SIZES["6x512"])
+    """quick: a smoke run without the compiled contenders (four compiles of tens of seconds each),
+    at the small size, 8 new tokens, each contender run once (timed, no memory measurement): it
+    checks that everything runs."""
+    new_tokens = 8 if quick else 256
+    ours32, hf32 = llama_pair(SIZES["4x256" if quick else "6x512"])
     hf32.generation_config.eos_token_id = None
     prompts = {b: torch.randint(2, 8192, (b, PROMPT), generator=torch.Generator().manual_seed(b)) for b in (1, 8)}
     # Correctness first, on the pristine fp32 weights (a bf16 round trip would move near-ties).
     same = {b: _same_ids_fp32(ours32, hf32, prompts[b], new_tokens) for b in prompts}
     ours, hf = copy.deepcopy(ours32).to(dtype), copy.deepcopy(hf32).to(dtype)
-    prefill = _prefill_rate(ours, hf)
+    prefill = _prefill_rate(ours, hf, 64, repeats=1) if quick else _prefill_rate(ours, hf)
     del ours32, hf32
     rows = []
     for batch, prompt in prompts.items():
-        runs = contenders(ours, hf, prompt, new_tokens)
-        outputs = {name: fn() for name, fn in runs.items()}  # also compiles
-        seconds = alternate(runs, warmup=1, repeats=3)
-        memory = {name: extra_peak_memory_mb(fn) for name, fn in runs.items()}
+        runs = contenders(ours, hf, prompt, new_tokens, compiled=not quick)
+        if quick:
+            outputs, seconds = _run_once(runs)
+            memory = {name: "" for name in runs}
+        else:
+            outputs = {name: fn() for name, fn in runs.items()}  # also compiles
+            seconds = alternate(runs, warmup=1, repeats=3)
+            memory = {name: extra_peak_memory_mb(fn) for name, fn in runs.items()}
         rates = {name: batch * new_tokens / median(s) for name, s in seconds.items()}
         base = rates["transformers dynamic"]
         for name, rate in rates.items():
@@ -92,18 +105,31 @@ def run(quick: bool = False, dtype=torch.bfloat16) -> list[dict]:
                          "extra peak MB": memory[name]})
     rows += _fast_decoding_rows(quick)
     for name, rate in prefill.items():
-        rows.append({"suite": "generate", "batch": 1, "contender": f"{name} prefill (256 tokens)",
+        rows.append({"suite": "generate", "batch": 1, "contender": f"{name} prefill ({64 if quick else 256} tokens)",
                      "dtype": str(dtype)[6:], "new tok/s": rate,
                      "vs transformers dynamic": rate / prefill["transformers"]})
     return rows
 
 
 def _fast_decoding_rows(quick: bool) -> list[dict]:
-    """The default path, quantized weights and speculative decoding: each its own table."""
+    """The default path, quantized weights and speculative decoding: each its own table. --quick
+    compiles nothing, so it leaves out the default path's table (which times compiles) and runs
+    the others eagerly."""
     from decoderlm.bench import decode_default, decode_quantized, decode_speculative
 
-    return (decode_default.run(quick) + decode_quantized.speed_rows(quick) + decode_quantized.quality_rows(quick)
+    default_rows = [] if quick else decode_default.run(quick)
+    return (default_rows + decode_quantized.speed_rows(quick) + decode_quantized.quality_rows(quick)
             + decode_speculative.run(quick))
+
+
+def _run_once(runs) -> tuple[dict, dict]:
+    """(outputs, seconds) of one call of each contender: the quick smoke run's only call."""
+    outputs, seconds = {}, {}
+    for name, fn in runs.items():
+        start = time.perf_counter()
+        outputs[name] = fn()
+        seconds[name] = [time.perf_counter() - start]
+    return outputs, seconds
 
 
 def extra_peak_memory_mb(fn) -> float:

@@ -65,7 +65,8 @@ def speed_rows(quick: bool) -> list[dict]:
     for size in (("tiny",) if quick else ("6x512", "gpt2-124M")):
         models = variants(SIZES[size])
         prompt = torch.randint(0, SIZES[size].vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(1))
-        runs = {name: (lambda m=m: generate(m, prompt, new_tokens, temperature=0, compile=True))
+        # --quick compiles nothing (each compile takes tens of seconds): eager, proving only that it runs.
+        runs = {name: (lambda m=m: generate(m, prompt, new_tokens, temperature=0, compile=not quick))
                 for name, m in models.items()}
         seconds = alternate(runs, warmup=1, repeats=2 if quick else 3)  # the warm-up compiles
         base = new_tokens / median(seconds["bf16"])

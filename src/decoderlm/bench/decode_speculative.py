@@ -54,12 +54,14 @@ def run(quick: bool) -> list[dict]:
     start = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(1))
     sampled = generate(target, start, 28, temperature=0.8, seed=0, compile=False)  # the model's own text
     copy_prompt = _copy_prompt(tokenizer, vocab, 48 if quick else 200)
+    compiled = not quick  # --quick compiles nothing (tens of seconds each): eager, proving only that it runs
     runs = {
-        "plain": lambda: generate(target, sampled, new_tokens, temperature=0, compile=True),
-        "draft model": lambda: generate(target, sampled, new_tokens, temperature=0, compile=True, draft_model=draft),
-        "plain, copy prompt": lambda: generate(target, copy_prompt, new_tokens, temperature=0, compile=True),
+        "plain": lambda: generate(target, sampled, new_tokens, temperature=0, compile=compiled),
+        "draft model": lambda: generate(target, sampled, new_tokens, temperature=0, compile=compiled,
+                                        draft_model=draft),
+        "plain, copy prompt": lambda: generate(target, copy_prompt, new_tokens, temperature=0, compile=compiled),
         "prompt lookup 8, copy prompt": lambda: generate(target, copy_prompt, new_tokens, temperature=0,
-                                                          compile=True, prompt_lookup=8),
+                                                          compile=compiled, prompt_lookup=8),
     }
     outputs = {name: fn() for name, fn in runs.items()}  # also compiles
     seconds = alternate(runs, warmup=0, repeats=2 if quick else 3)

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 import decoderlm
-from decoderlm.config import DataConfig, Recipe, TrainConfig, get_recipe
+from decoderlm.config import DataConfig, Recipe, TrainConfig, parse_duration
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
+from decoderlm.presets import get_recipe
 from decoderlm.train import train
 from decoderlm.train.device import autocast_dtype
-from decoderlm.train.schedule import parse_duration
 
 DEFAULT_BUDGET = 600.0  # seconds per contender (issue 6)
 QUICK_BUDGET = 60.0
@@ -141,7 +141,7 @@ def run(quick: bool = False, budget_seconds: float | None = None, *, work_dir: P
         if any((root / f"run-{i}").exists() for i in range(len(contenders))):  # a stale run would mix in
             raise DecoderLMError(f"{root} already holds run-0/run-1 from an earlier run; give a new work_dir")
         datasets = [_prepare(recipe, root / f"data-{i}", max_docs) for i, (_, recipe) in enumerate(contenders)]
-        # The split depends only on the documents, seed and val_fraction (data/shards.split_documents),
+        # The split depends only on the documents, seed and val_fraction (data/splits.py),
         # never on the tokenizer; check that both really hold out the same plays.
         a, b = (d.meta for d in datasets)
         keys = ("val_documents", "val_bytes", "train_bytes", "seed", "val_fraction")

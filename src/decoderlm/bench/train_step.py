@@ -3,7 +3,9 @@ LlamaForCausalLM with identical weights, batch, dtype and compile setting.
 
 Each side trains as its own library does in bf16: transformers under bf16 autocast over fp32
 weights (what its Trainer does with bf16=True), decoderlm as its trainer does on CPU, a bf16 model
-with fp32 master weights (decoderlm/train/precision.py). Both use fused AdamW."""
+with fp32 master weights (decoderlm/train/precision.py) and the CPU training kernels
+(decoderlm/kernels). Both use fused AdamW. FLOPs are counted as the trainer counts them
+(decoderlm/train/mfu.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +13,12 @@ import copy
 
 import torch
 
-from decoderlm.bench.common import alternate, markdown_table, matmul_peak, median
+from decoderlm.bench.common import alternate, markdown_table, median
 from decoderlm.bench.peers import SIZES, llama_pair
 from decoderlm.errors import DecoderLMError
+from decoderlm.kernels import apply_cpu_kernels
+from decoderlm.train.mfu import flops_per_token, peak_flops
 from decoderlm.train.precision import MasterWeights
-
-
-def train_flops_per_token(model, seq_len: int) -> float:
-    """6 FLOPs per weight per token (forward 2, backward 4) for every matmul weight, plus attention's
-    12 * layers * width * seq_len (PaLM's estimate, as nanoGPT's MFU)."""
-    cfg = model.config
-    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "emb" not in n)
-    if cfg.tie_embeddings:
-        matmul_params += model.lm_head.weight.numel()
-    return 6 * matmul_params + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
 
 
 def _autocast_step(loss_fn, params, dtype, compiled: bool, lr: float = 1e-4, weight_decay: float = 0.1):
@@ -46,12 +40,12 @@ def _autocast_step(loss_fn, params, dtype, compiled: bool, lr: float = 1e-4, wei
 
 def _decoderlm_step(model, dtype, compiled: bool, lr: float = 1e-4, weight_decay: float = 0.1):
     """decoderlm's trainer's way: in bf16, a bf16 copy of the model computes and the fp32 masters
-    are updated; in fp32, plain fp32. Returns step(x, y)."""
+    are updated; in fp32, plain fp32. Both with the CPU training kernels. Returns step(x, y)."""
     if dtype == torch.float32:
-        return _autocast_step(lambda x, y: model.loss(x, y)[0], model.parameters(), dtype, compiled, lr, weight_decay)
+        return _autocast_step(apply_cpu_kernels(model), model.parameters(), dtype, compiled, lr, weight_decay)
     master = MasterWeights(model, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    loss_fn = lambda x, y: master.compute.loss(x, y)[0]  # noqa: E731
+    loss_fn = apply_cpu_kernels(master.compute)  # loss_fn(x, y) is the model's forward
     if compiled:
         loss_fn = torch.compile(loss_fn)
 
@@ -67,24 +61,28 @@ def _decoderlm_step(model, dtype, compiled: bool, lr: float = 1e-4, weight_decay
     return step
 
 
-def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len: int = 256,
-        compile_modes=(False, True)) -> list[dict]:
+def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int | None = None, seq_len: int | None = None,
+        compile_modes=None) -> list[dict]:
+    """quick: a smoke run of every code path but compilation (each compile costs tens of seconds),
+    at the small size, batch 2 x 64 and one timed repeat: it checks that everything runs."""
     rows = []
+    batch_size, seq_len = batch_size or (2 if quick else 8), seq_len or (64 if quick else 256)
     sizes = ["4x256"] if quick else ["6x512", "4x256"]
-    peak = matmul_peak(dtype)
+    compile_modes = compile_modes if compile_modes is not None else ((False,) if quick else (False, True))
+    peak = peak_flops("cpu", dtype)
     for size_name in sizes:
         ours, hf = llama_pair(SIZES[size_name])
         ours.train(), hf.train()
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, ours.config.vocab_size, (batch_size, seq_len), generator=gen)
         y = torch.randint(0, ours.config.vocab_size, (batch_size, seq_len), generator=gen)
-        flops = train_flops_per_token(ours, seq_len) * batch_size * seq_len
+        flops = flops_per_token(ours, seq_len) * batch_size * seq_len
         for compiled in compile_modes:
             a, b = copy.deepcopy(ours), copy.deepcopy(hf)
             ours_step = _decoderlm_step(a, dtype, compiled)
             hf_step = _autocast_step(lambda x, y: _hf_loss(b, x, y), b.parameters(), dtype, compiled)
             runs = {"decoderlm": lambda: ours_step(x, y), "transformers": lambda: hf_step(x, y)}
-            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=3 if quick else 8)
+            seconds = alternate(runs, warmup=2 if compiled else 1, repeats=1 if quick else 8)
             tok_s = {k: batch_size * seq_len / median(v) for k, v in seconds.items()}
             rows.append({
                 "suite": "train", "size": size_name, "dtype": str(dtype).replace("torch.", ""),
@@ -94,7 +92,7 @@ def run(quick: bool = False, dtype=torch.bfloat16, batch_size: int = 8, seq_len:
                 "decoderlm MFU": flops / median(seconds["decoderlm"]) / peak,
                 "matmul peak GFLOP/s": peak / 1e9,
             })
-    rows.append(bf16_loss_curve(steps=20 if quick else 50))
+    rows.append(bf16_loss_curve(steps=10, batch_size=2, seq_len=64) if quick else bf16_loss_curve(steps=50))
     return rows
 
 

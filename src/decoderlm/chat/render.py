@@ -61,8 +61,16 @@ class ChatRenderer:
         self._offsets_tokenizer = _without_post_processor(getattr(tokenizer, "tok", None))
 
     # -- text and ids ---------------------------------------------------------------------------
-    def text(self, messages, add_generation_prompt: bool = False) -> str:
-        return self.template.render(messages, add_generation_prompt=add_generation_prompt, **self.variables)
+    def text(self, messages, add_generation_prompt: bool = False, continue_final_message: bool = False) -> str:
+        """The conversation as text. continue_final_message (transformers' option of that name): the
+        text ends where the last message's content ends, left open for the model to continue."""
+        text = self.template.render(messages, add_generation_prompt=add_generation_prompt, **self.variables)
+        if continue_final_message and messages:
+            final = str(messages[-1].get("content", "")).strip()
+            cut = text.rfind(final) if final else -1
+            if cut >= 0:
+                text = text[: cut + len(final)]
+        return text
 
     def encode(self, text: str) -> list[int]:
         """Ids as transformers' tokenizer gives them: a `tokenizers` tokenizer is called directly, so

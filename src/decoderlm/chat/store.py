@@ -15,7 +15,7 @@ FILES = {"ids": "chat_ids.npy", "mask": "chat_loss_mask.npy", "starts": "chat_st
 
 
 def save_examples(examples: Sequence[Example], directory) -> None:
-    from decoderlm.checkpoint_io import commit_files
+    from decoderlm.fileio import commit_files
 
     directory = Path(directory)
     lengths = np.array([len(ex) for ex in examples], dtype=np.int64)

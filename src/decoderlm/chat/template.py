@@ -101,7 +101,7 @@ def read_saved_template(directory, name: str = "default") -> ChatTemplate | None
 
 def save_template(template: ChatTemplate, directory) -> Path:
     """Write `chat_template.jinja` into `directory` (atomically), where `read_saved_template` finds it."""
-    from decoderlm.checkpoint_io import bytes_writer, write_file_atomic
+    from decoderlm.fileio import bytes_writer, write_file_atomic
 
     path = Path(directory) / TEMPLATE_FILE
     write_file_atomic(path, bytes_writer(template.source.encode("utf-8")))

@@ -14,16 +14,25 @@ SUITES = {
     "generate": "decoderlm.bench.decode",
     "data": "decoderlm.bench.data_prep",
     "quality": "decoderlm.bench.quality",
+    "eval": "decoderlm.bench.eval",
+    "serve": "decoderlm.bench.serve",
 }
-ALL = ("train", "generate", "data")  # quality takes 2 x 10 minutes: ask for it by name
+# quality (2 x 10 minutes), data (corpora up to 1 GB, tens of minutes) and serve are asked for by name
+ALL = ("train", "generate", "eval")
 
 
 def register(sub):
-    p = sub.add_parser("bench", help="benchmark decoderlm against transformers (and nanoGPT's recipe)")
+    p = sub.add_parser("bench", help="benchmark decoderlm against transformers, lm-eval's HFLM and nanoGPT's recipe")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
-                   help="which measurement; 'all' = train, generate and data (quality is separate: 20 min)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+                   help="which measurement; 'all' = train, generate and eval (quality, 20 min, data, up to "
+                        "1 GB corpora, and serve run separately)")
+    p.add_argument("--quick", action="store_true", 
+                   help="a smoke run of a minute or two: small sizes, one repeat, no compiled models (not a measurement)")
+    p.add_argument("--data-sizes", metavar="SIZES",
+                   help="data suite: corpus sizes, comma-separated (default 100MB,500MB,1GB; --quick: 3MB,6MB)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    p.add_argument("--data-source", metavar="DIR", help="data suite: a directory of books to build the corpora from "
+                                                       "(default ../shared/corpus/books, else the embedded shakespeare)")
     p.set_defaults(func=bench)
 
 
@@ -35,12 +44,21 @@ def bench(args) -> int:
     names = ALL if args.suite == "all" else (args.suite,)
     if args.json and Path(args.json).is_dir():
         raise DecoderLMError(f"--json {args.json} is a directory; give a file path")
+    if args.data_source and "data" not in names:
+        raise DecoderLMError("--data-source is for the data suite; add --suite data")
     results = {}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.quick:
+        print("--quick: a smoke run (small sizes, one repeat, no compiled models or decode steps); "
+              "its numbers are not measurements")
     for name in names:
         module = importlib.import_module(SUITES[name])
         print(f"\n## {name}\n", flush=True)
-        rows = module.run(quick=args.quick)
+        options = {}
+        if name == "data":  # the corpus sizes, and a directory of books to build them from
+            options = {"sizes": args.data_sizes.split(",") if args.data_sizes else None,
+                       "books": Path(args.data_source) if args.data_source else None}
+        rows = module.run(quick=args.quick, **options)
         measured = [r for r in rows if "check" not in r and "table" not in r]
         checks = [r for r in rows if "check" in r]
         print(markdown_table(measured, module.COLUMNS), flush=True)

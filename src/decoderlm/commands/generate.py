@@ -23,8 +23,9 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
                    help="drop tokens less likely than P times the most likely one")
     p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
                    help="penalise tokens already present (1 = off, 1.1-1.3 typical)")
-    p.add_argument("--stop", nargs="+", action="extend", default=None, metavar="STR",
-                   help="end a completion at any of these strings (not included in the output)")
+    # One value per flag: with nargs="+", `--stop the RUN_DIR` would swallow the run directory.
+    p.add_argument("--stop", action="append", default=None, metavar="STR",
+                   help="end a completion at this string (not included in the output); repeat for several")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="random seed for reproducible samples")
     p.add_argument("--device", default=None, help="cpu (default), cuda, mps ...")
     p.add_argument("--dtype", default=None,
@@ -44,7 +45,9 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
 def register(sub):
     p = sub.add_parser("generate", help="generate text from a run directory or a Hugging Face checkpoint")
     p.add_argument("model", metavar="RUN_OR_HF_DIR", help="a decoderlm run directory or a Hugging Face model directory")
-    p.add_argument("--prompt", default="", help="the text to continue (empty: start from the end-of-text token)")
+    p.add_argument("--prompt", action="append", default=None, metavar="TEXT",
+                   help="the text to continue (empty: start from the end-of-text token); repeat to decode "
+                        "several prompts as one batch")
     add_sampling_flags(p, max_new_tokens=100, temperature=1.0)
     p.add_argument("--num-beams", type=int, default=1, metavar="B", help="beam search with B beams (deterministic)")
     p.add_argument("--length-penalty", type=float, default=1.0, metavar="L",
@@ -52,7 +55,26 @@ def register(sub):
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="completions to generate (default 1)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     p.add_argument("--json", action="store_true", help="print JSON with the token ids and text of each completion")
+    p.add_argument("--chat", action="store_true",
+                   help="each --prompt is a user turn, put through the model's chat template; prints the reply, "
+                        "which ends at the template's end-of-turn token")
+    add_system_flag(p)
     p.set_defaults(func=generate_command)
+
+
+def add_system_flag(p) -> None:
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="a system message first in the conversation (needs the model's chat template)")
+
+
+def chat_renderer(lm, args):
+    """The model's chat template bound to its tokenizer; one clear line when it has none."""
+    renderer = lm.chat_renderer()
+    if renderer is None:
+        raise DecoderLMError(f"{args.model} has no chat template (chat_template.jinja, or \"chat_template\" in "
+                             f"tokenizer_config.json): fine-tune it on chat data (docs/finetuning.md), or "
+                             f"generate without --chat/--system")
+    return renderer
 
 
 def sampling_kwargs(args) -> dict:
@@ -100,35 +122,83 @@ def one_line_warnings():
         warnings.showwarning = shown
 
 
-def generate_command(args) -> int:
-    from decoderlm.generate.text import complete, stream_text
+def compile_notice(args) -> None:
+    """The compiled decode step takes a while to build: say so before the silence."""
+    if args.compile and getattr(args, "num_beams", 1) == 1:
+        print("decoderlm: compiling the decode step (once, ~1 min)...", file=sys.stderr, flush=True)
 
-    if args.stream and (args.num_samples != 1 or args.num_beams != 1 or args.json):
-        raise DecoderLMError("--stream prints one completion as it is generated: use it without "
-                             "--num-samples, --num-beams or --json")
+
+def _require_memory(lm, args, prompts: list[str]) -> None:
+    """Before the prompts are repeated --num-samples times: refuse what cannot fit, in one line."""
+    from decoderlm.generate.options import require_decoding_memory
+
+    # Values below 1 are refused by name when generation starts.
+    weight = next(lm.model.parameters())
+    longest = max((len(lm.tokenizer.encode(p)) for p in prompts), default=0) or 1
+    require_decoding_memory(lm.config, len(prompts) * args.num_samples * args.num_beams, longest,
+                            args.max_new_tokens, weight.dtype, weight.device,
+                            f"{len(prompts)} prompt(s) x --num-samples {args.num_samples} x --num-beams {args.num_beams}")
+
+
+def generate_command(args) -> int:
+    from decoderlm.generate.text import complete
+
+    prompts = args.prompt or [""]
+    if args.stream and (args.num_samples != 1 or args.num_beams != 1 or args.json or len(prompts) > 1):
+        raise DecoderLMError("--stream prints one completion as it is generated: use it with one --prompt and "
+                             "without --num-samples, --num-beams or --json")
+    if args.system is not None and not args.chat:
+        raise DecoderLMError("--system is the system message of a chat: use it with --chat")
     lm = load_model(args)
+    _require_memory(lm, args, prompts)
     kwargs = sampling_kwargs(args)
+    texts = prompts
+    if args.chat:
+        renderer = chat_renderer(lm, args)
+        conversations = [_one_turn(args.system, text) for text in texts]
+        prompts = [renderer.prompt_ids(messages) for messages in conversations]
+        kwargs["eos_token_id"] = renderer.stop_token_ids()  # the reply ends at the end-of-turn token
+    compile_notice(args)
     with one_line_warnings():
         if args.stream:
-            print(args.prompt, end="", flush=True)
-            for piece in stream_text(lm, args.prompt, max_new_tokens=args.max_new_tokens, **kwargs):
-                print(piece, end="", flush=True)
-            print()
+            _stream(lm, prompts[0], args.max_new_tokens, kwargs, echo=not args.chat)
             return 0
         kwargs.update(num_beams=args.num_beams, length_penalty=args.length_penalty)
-        completions = complete(lm, args.prompt, max_new_tokens=args.max_new_tokens,
-                               num_samples=args.num_samples, **kwargs)
+        completions = complete(lm, prompts, max_new_tokens=args.max_new_tokens, num_samples=args.num_samples, **kwargs)
+    per_prompt = [completions[i * args.num_samples:(i + 1) * args.num_samples] for i in range(len(prompts))]
     if args.json:
-        prompt_ids = lm.tokenizer.encode(args.prompt) if args.prompt else []
-        print(json.dumps({
-            "prompt": args.prompt,
-            "prompt_token_ids": prompt_ids,
-            "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
-                            for c in completions],
-        }, ensure_ascii=False, indent=2))
+        results = [_json_result(lm, text, prompt, group) for text, prompt, group in zip(texts, prompts, per_prompt)]
+        # One prompt: its object, as before; several: a list of them, in the order given.
+        print(json.dumps(results[0] if len(results) == 1 else results, ensure_ascii=False, indent=2))
         return 0
     for i, c in enumerate(completions):
         if i:
             print("-" * 40)
-        print(args.prompt + c.text)
+        print(c.text if args.chat else c.prompt + c.text)
     return 0
+
+
+def _one_turn(system: str | None, user: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": user}]
+
+
+def _stream(lm, prompt, max_new_tokens: int, kwargs: dict, echo: bool = True) -> None:
+    from decoderlm.generate.text import stream_text
+
+    if echo:
+        print(prompt, end="", flush=True)
+    for piece in stream_text(lm, prompt, max_new_tokens=max_new_tokens, **kwargs):
+        print(piece, end="", flush=True)
+    print()
+
+
+def _json_result(lm, text: str, prompt, completions) -> dict:
+    """`prompt` is the text given; `prompt_token_ids` what the model saw (with --chat, the templated
+    prompt's ids, and each completion's text is the assistant's reply alone)."""
+    ids = prompt if isinstance(prompt, list) else lm.tokenizer.encode(prompt) if prompt else []
+    return {
+        "prompt": text,
+        "prompt_token_ids": ids,
+        "completions": [{"text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason}
+                        for c in completions],
+    }

@@ -77,11 +77,24 @@ def parse_ids(spec_tail: str) -> list[int]:
 
 
 def download_book(book_id: int, *, mirror: str | None = None, cache_dir=None) -> Path:
-    """The raw ebook file, downloaded once into the cache."""
+    """The raw ebook file, downloaded once into the cache (only if it is a whole book)."""
     base = (mirror or DEFAULT_MIRROR).rstrip("/")
     url = f"{base}/ebooks/{book_id}.txt.utf-8"
     target = cache_root(cache_dir) / "gutenberg" / f"{book_id}.txt"
-    return fetch(url, target, what=f"Project Gutenberg book {book_id}")
+    return fetch(url, target, what=f"Project Gutenberg book {book_id}",
+                 check=lambda path: check_whole_book(path, book_id))
+
+
+def check_whole_book(path: Path, book_id: int) -> None:
+    """Refuse a file that is not a whole Project Gutenberg book. Its licence header and footer mark
+    where the book starts and ends: without the footer the download was cut short (a server that
+    sends no Content-Length gives no other sign), without the header it is some other file."""
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    for marker, pattern, meaning in (("START", _START, "not a Project Gutenberg book file"),
+                                     ("END", _END, "incomplete (the download was cut short)")):
+        if not pattern.search(text):
+            raise DecoderLMError(f"Project Gutenberg book {book_id} is {meaning}: it has no '*** {marker} OF THE "
+                                 f"PROJECT GUTENBERG EBOOK' line; nothing was cached, try again or check --mirror")
 
 
 def read_book(book_id: int, *, mirror: str | None = None, cache_dir=None) -> tuple[str, str]:

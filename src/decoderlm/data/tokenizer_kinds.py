@@ -44,6 +44,10 @@ class Tokenizer:
         """Write the files `load_tokenizer(directory)` reads back; returns the directory."""
         raise NotImplementedError
 
+    def to_hf(self):
+        """This tokenizer as a `tokenizers.Tokenizer` (what a Hugging Face tokenizer.json holds)."""
+        raise DecoderLMError(f"a {self.kind} tokenizer cannot be written as a Hugging Face tokenizer.json")
+
     def _write_config(self, directory: Path, **extra) -> None:
         config = {"kind": self.kind, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "pad_id": self.pad_id, **extra}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -80,6 +84,9 @@ class HFTokenizer(Tokenizer):
         self.tok.save(str(directory / HF_FILE))
         self._write_config(directory)
         return directory
+
+    def to_hf(self):
+        return self.tok
 
 
 class CharTokenizer(HFTokenizer):
@@ -131,6 +138,9 @@ class TiktokenGPT2(Tokenizer):
         self._write_config(directory)
         return directory
 
+    def to_hf(self):
+        return gpt2_bpe.hf_tokenizer(self.ranks)
+
 
 class ToyTokenizer(Tokenizer):
     """StatQuest's fixed vocabulary; words are split on whitespace and `<EOS>` is a word."""
@@ -157,6 +167,15 @@ class ToyTokenizer(Tokenizer):
         directory.mkdir(parents=True, exist_ok=True)
         self._write_config(directory, vocab=list(self.VOCAB))
         return directory
+
+    def to_hf(self):
+        """A word-level tokenizer.json: whitespace split, the five words, decoded joined by spaces."""
+        from tokenizers import Tokenizer as HFTok
+        from tokenizers import models, pre_tokenizers
+
+        tok = HFTok(models.WordLevel(vocab=dict(self.ids), unk_token="<unk>"))  # no <unk>: unknown words fail
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return tok
 
 
 def _first_id(tok, candidates) -> int | None:

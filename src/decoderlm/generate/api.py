@@ -13,7 +13,7 @@ from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
 from decoderlm.generate.defaults import announce_compile, choose_compile, static_cache_length
 from decoderlm.generate.model_calls import verify_logits
-from decoderlm.generate.options import GenerationOptions, eos_tuple
+from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
 from decoderlm.generate.speculative import check_speculative, speculative_cache_length, speculative_tokens
 
@@ -56,6 +56,8 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
         raise DecoderLMError("streaming works with greedy decoding and sampling, not with beam search")
     device = model.tok_emb.weight.device
     prompt, mask = as_prompt(input_ids, attention_mask, opts.eos_token_ids, device)
+    require_decoding_memory(model.config, prompt.shape[0] * num_beams, prompt.shape[1], max_new_tokens,
+                            model.tok_emb.weight.dtype, device, f"generating with num_beams={num_beams}")
     if draft_model is not None or prompt_lookup is not None:
         return _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_model, prompt_lookup)
     compile = _choose_compile(compile, model, prompt, opts)
@@ -93,7 +95,8 @@ def _choose_compile(compile, model, prompt, opts) -> bool:
     shape = (prompt.shape[0], static_cache_length(model.config.max_seq_len, prompt.shape[1] + opts.max_new_tokens))
     chosen = choose_compile(compile, model, opts.max_new_tokens, shape, opts.num_beams)
     if chosen and opts.num_beams == 1 and opts.max_new_tokens and not is_compiled(model):
-        announce_compile(model, shape)
+        # compile=True was asked for (the command line says so itself): only the auto choice speaks.
+        announce_compile(model, shape, say=compile is None)
     return chosen
 
 
@@ -105,9 +108,10 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     # The draft and verification steps are graphs of their own, so their on-disk marker is too.
     kind = "lookup" if draft_model is None else f"draft {draft_model.config!r} {draft_model.tok_emb.weight.dtype}"
     shape = (1, speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model))
-    compile = choose_compile(compile, model, opts.max_new_tokens, shape, kind=kind)
-    if compile and not is_compiled(model, verify_logits):
-        announce_compile(model, shape, kind)
+    chosen = choose_compile(compile, model, opts.max_new_tokens, shape, kind=kind)
+    if chosen and not is_compiled(model, verify_logits):
+        announce_compile(model, shape, kind, say=compile is None)
+    compile = chosen
 
     def tokens():
         with _eval_mode(model), _eval_mode(draft_model if draft_model is not None else model):

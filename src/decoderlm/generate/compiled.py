@@ -1,6 +1,6 @@
 """A compiled one-token decoding step over a static KV cache (the gpt-fast recipe).
 
-Every step has the same shapes (one token, all cache slots with a mask, the position as a tensor),
+Every step has the same shapes (one token, all cache slots with a mask, the cache's length as a tensor),
 so torch.compile builds one graph and reuses it for the whole generation. The weights are frozen
 into the graph as constants, which lets inductor pre-pack them for the CPU's matrix units; that is
 most of the speed-up on CPU (see docs/benchmarks.md). Frozen weights must not change afterwards, so
@@ -15,16 +15,17 @@ import torch
 
 from decoderlm.compile_support import can_compile, use_persistent_cache
 from decoderlm.errors import DecoderLMError
+from decoderlm.generate.inputs import causal_mask, last_logits
 
 # model -> {step function's name: (weights' version counters when compiled, compiled step)}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _decode_step(model, token, start, cache, attention_mask, position_ids):
-    """(B, 1) token at position `start` (a tensor) -> float32 logits (B, V) of the next token."""
-    hidden, _ = model.hidden_states(token, attention_mask=attention_mask, position_ids=position_ids,
-                                    cache=cache, start=start)
-    return model.lm_head(hidden[:, -1]).float()
+def _decode_step(model, token, cache, valid, positions):
+    """(B, 1) token into the next slot of a static `cache` -> float32 logits (B, V) of the next token.
+    valid: (B, max_len) padding mask over the cache's slots or None; positions: (B, 1) or None."""
+    mask = causal_mask(1, cache.max_len, cache.length, valid)
+    return last_logits(model, token, cache=cache, positions=positions, attention_mask=mask)
 
 
 def _weights_version(model) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import torch
 
 from decoderlm.errors import DecoderLMError
 from decoderlm.generate.defaults import static_cache_length
+from decoderlm.generate.inputs import causal_mask, last_logits, padded_positions
 
 
 class ContextOverflowWarning(UserWarning):
@@ -39,7 +40,7 @@ class Sequences:
             self.valid[:, :P] = valid.bool()
         self.length = P  # tokens in seq
         self.offset = 0  # seq[:, offset:] is what the model sees (the context after cropping)
-        self.filled = 0  # how many of those are in the cache
+        self.filled = 0  # how many of those are in the cache (its length, as a Python int)
         # A compiled step's graph depends on the cache length: round it up so nearby lengths share one.
         cache_len = static_cache_length(self.window, P + max_new_tokens) if compiled else \
             min(self.window, P + max_new_tokens)
@@ -92,6 +93,7 @@ class Sequences:
             keep = max(1, self.window - max(1, self.window // 4))
         self.offset = self.length - keep
         self.filled = 0
+        self.cache.reset()
         if not self.warned:
             self.warned = True
             how = ("the context slides: each new token is predicted from the last "
@@ -102,50 +104,46 @@ class Sequences:
 
     def _prefill(self) -> torch.Tensor:
         tokens = self.seq[:, self.offset:self.length]
-        mask = None if self.valid is None else self.valid[:, self.offset:self.length]
-        if self.cache.static:
-            positions = None if mask is None else (mask.long().cumsum(-1) - 1).clamp(min=0)
-            hidden, _ = self.model.hidden_states(tokens, attention_mask=self._static_mask(), position_ids=positions,
-                                                 cache=self.cache, start=torch.tensor(0, device=tokens.device))
+        T = tokens.shape[1]
+        valid = None if self.valid is None else self.valid[:, self.offset:self.length]
+        positions = None if valid is None else padded_positions(valid)
+        if self.cache.static:  # attention spans every slot of the cache
+            mask = causal_mask(T, self.cache.max_len, self.cache.length, self._static_valid())
         else:
-            hidden, _ = self.model.hidden_states(tokens, attention_mask=mask, cache=self.cache, start=0)
-        self.filled = tokens.shape[1]
-        if mask is not None:
-            self.next_pos = mask.long().sum(-1, keepdim=True)  # left padding: real tokens count from 0
-        return self.model.lm_head(hidden[:, -1]).float()
+            mask = None if valid is None else causal_mask(T, valid=valid)
+        logits = last_logits(self.model, tokens, cache=self.cache, positions=positions, attention_mask=mask)
+        self.filled = T
+        if valid is not None:
+            self.next_pos = valid.long().sum(-1, keepdim=True)  # left padding: real tokens count from 0
+        return logits
 
-    def _static_mask(self) -> torch.Tensor | None:
+    def _static_valid(self) -> torch.Tensor | None:
         """The padding mask over every slot of the static cache (slots past the text count as real;
         causality hides them until they are written)."""
         if self.valid is None:
             return None
         visible = self.valid[:, self.offset:self.offset + self.cache.max_len]
-        mask = torch.ones(self.batch_size, self.cache.max_len, dtype=torch.bool, device=visible.device)
-        mask[:, :visible.shape[1]] = visible
-        return mask
+        valid = torch.ones(self.batch_size, self.cache.max_len, dtype=torch.bool, device=visible.device)
+        valid[:, :visible.shape[1]] = visible
+        return valid
 
     def _decode_one(self) -> torch.Tensor:
-        start = self.filled
         token = self.seq[:, self.length - 1:self.length]  # (B, 1)
         if self.step is not None:
             # A fresh (B, 1) tensor: the view's strides depend on the generation's length, and the
             # compiled step's guards would recompile for every new length.
             token = token.clone(memory_format=torch.contiguous_format)
-            logits = self.step(token, torch.tensor(start, device=token.device), self.cache, self._static_mask(),
-                               self.next_pos)
-            self.filled += 1
-            if self.next_pos is not None:
-                self.next_pos = self.next_pos + 1
-            return logits.clone()  # the compiled graph may reuse its output buffer
-        if self.valid is None:
-            hidden, _ = self.model.hidden_states(token, cache=self.cache, start=start)
+            # the compiled graph may reuse its output buffer: copy
+            logits = self.step(token, self.cache, self._static_valid(), self.next_pos).clone()
         else:
-            mask = self.valid[:, self.offset:self.length]
-            hidden, _ = self.model.hidden_states(token, attention_mask=mask, position_ids=self.next_pos,
-                                                 cache=self.cache, start=start)
-            self.next_pos = self.next_pos + 1
+            mask = None
+            if self.valid is not None:
+                mask = causal_mask(1, self.filled + 1, self.filled, self.valid[:, self.offset:self.length])
+            logits = last_logits(self.model, token, cache=self.cache, positions=self.next_pos, attention_mask=mask)
         self.filled += 1
-        return self.model.lm_head(hidden[:, -1]).float()
+        if self.next_pos is not None:
+            self.next_pos = self.next_pos + 1
+        return logits
 
 
 def as_prompt(input_ids, attention_mask, eos_token_ids, device) -> tuple[torch.Tensor, torch.Tensor | None]:

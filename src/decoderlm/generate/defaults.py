@@ -52,12 +52,14 @@ def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[in
     return new_tokens >= WARM_MIN_TOKENS and _marker(model, shape, kind).is_file()
 
 
-def announce_compile(model, shape: tuple[int, int], kind: str = "step") -> None:
-    """The one line shown before compiling; records that this shape is now in the on-disk cache."""
+def announce_compile(model, shape: tuple[int, int], kind: str = "step", say: bool = True) -> None:
+    """The one line shown before compiling (unless `say` is False: the caller asked for the compile
+    and announces it itself); records that this shape is now in the on-disk cache."""
     marker = _marker(model, shape, kind)
     how = "a few seconds, cached" if marker.is_file() else "about a minute the first time, then cached on disk"
-    print(f"decoderlm: compiling the decoding step ({how}; compile=False / --no-compile skips it)",
-          file=sys.stderr, flush=True)
+    if say:
+        print(f"decoderlm: compiling the decoding step ({how}; compile=False / --no-compile skips it)",
+              file=sys.stderr, flush=True)
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()

@@ -1,11 +1,15 @@
-"""The generation settings, checked once so that bad values become one-line DecoderLMErrors."""
+"""The generation settings, checked once so that bad values become one-line DecoderLMErrors, and
+the memory a generation needs, checked before its buffers are allocated."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import torch
+
 from decoderlm.errors import DecoderLMError
+from decoderlm.memory import require
 
 
 @dataclass
@@ -51,8 +55,9 @@ class GenerationOptions:
               f"min_p must be in [0, 1], got {self.min_p}")
         check(_finite(self.repetition_penalty) and self.repetition_penalty > 0,
               f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        check(isinstance(self.num_beams, int) and self.num_beams >= 1,
-              f"num_beams must be a whole number >= 1, got {self.num_beams}")
+        # More beams than tokens: at the first step there are not enough continuations to fill them.
+        check(isinstance(self.num_beams, int) and 1 <= self.num_beams <= vocab_size,
+              f"num_beams must be a whole number from 1 to the vocabulary size ({vocab_size}), got {self.num_beams}")
         check(_finite(self.length_penalty), f"length_penalty must be a finite number, got {self.length_penalty}")
         check(self.early_stopping in (True, False, "never"),
               f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
@@ -63,6 +68,25 @@ class GenerationOptions:
             sampling = self.temperature not in (0, 1.0) or self.top_k or self.min_p or (self.top_p or 1.0) < 1.0
             check(not sampling, "beam search is deterministic: leave temperature, top_k, top_p and min_p unset "
                                 "(or use num_beams=1 to sample)")
+
+
+def decoding_bytes(config, rows: int, prompt_len: int, max_new_tokens: int, element_size: int) -> int:
+    """A lower bound on what decoding `rows` sequences allocates: the token buffer (int64), the KV
+    cache (keys and values of every layer, up to the context window) and three (rows, vocab) float32
+    arrays (the logits, their processed copy, the probabilities or beam scores)."""
+    total = prompt_len + max_new_tokens
+    window = min(total, config.max_seq_len)
+    cache = 2 * config.n_layer * rows * config.n_kv_head * config.head_dim * window * element_size
+    return rows * total * 8 + cache + 3 * rows * config.vocab_size * 4
+
+
+def require_decoding_memory(config, rows: int, prompt_len: int, max_new_tokens: int, dtype: torch.dtype,
+                            device, what: str) -> None:
+    """Refuse in one line, naming `what` was asked, a generation whose buffers cannot fit."""
+    element = torch.empty((), dtype=dtype).element_size()
+    require(decoding_bytes(config, rows, prompt_len, max_new_tokens, element),
+            f"{what}: {rows:,} sequence{'s' if rows != 1 else ''} of up to {prompt_len + max_new_tokens:,} tokens", device,
+            hint="ask for fewer beams, samples or new tokens")
 
 
 def _finite(x) -> bool:

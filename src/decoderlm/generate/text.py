@@ -46,9 +46,12 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     """Left-padded (B, P) ids and attention mask. An empty prompt starts from the EOS token."""
     rows = []
     for text in prompts:
-        if not isinstance(text, str):
-            raise DecoderLMError(f"prompts must be strings, got {type(text).__name__}")
-        ids = tokenizer.encode(text) if text else []
+        if _is_ids(text):  # already tokenized, e.g. a chat template's prompt with its special-token ids
+            ids = list(text)
+        elif isinstance(text, str):
+            ids = tokenizer.encode(text) if text else []
+        else:
+            raise DecoderLMError(f"prompts must be strings (or lists of token ids), got {type(text).__name__}")
         if not ids:
             if tokenizer.eos_id is None:
                 raise DecoderLMError("empty prompt and the tokenizer has no end-of-text token to start from; give some text")
@@ -59,6 +62,10 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     return ids, mask
+
+
+def _is_ids(prompt) -> bool:
+    return isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
 def _fill_id(tokenizer) -> int:
@@ -104,13 +111,14 @@ class _StopStrings:
 
 def complete(lm, prompts: str | list[str], *, tokenizer=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
              stop: str | list[str] | None = None, num_samples: int = 1, **kwargs) -> list[Completion]:
-    """Generate for each prompt (num_samples completions each, adjacent in the result).
+    """Generate for each prompt (num_samples completions each, adjacent in the result). A prompt is
+    text or a list of token ids (a chat template's prompt, see decoderlm.chat.ChatRenderer.prompt_ids).
 
     kwargs are those of `decoderlm.generate.generate` (temperature, top_k, top_p, min_p,
     repetition_penalty, num_beams, length_penalty, early_stopping, seed, eos_token_id, pad_token_id).
     """
     model, tokenizer = _parts(lm, tokenizer)
-    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompt_list = [prompts] if isinstance(prompts, str) or (_is_ids(prompts) and prompts) else list(prompts)
     if not prompt_list:
         raise DecoderLMError("no prompts given")
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -144,8 +152,8 @@ def stream_text(lm, prompt: str, *, tokenizer=None, max_new_tokens: int = DEFAUL
     incomplete multi-byte character; the pieces joined equal complete(...)[0].text for the same settings.
     """
     model, tokenizer = _parts(lm, tokenizer)
-    if not isinstance(prompt, str):
-        raise DecoderLMError("stream_text takes one prompt string")
+    if not isinstance(prompt, str) and not _is_ids(prompt):
+        raise DecoderLMError("stream_text takes one prompt string (or one list of token ids)")
     if kwargs.get("num_beams", 1) > 1:
         raise DecoderLMError("streaming works with greedy decoding and sampling, not with beam search")
     stops = _stops(stop)

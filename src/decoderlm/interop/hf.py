@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, bytes_writer, commit_files, json_writer,
-                                     read_weights, safetensors_writer)
+from decoderlm.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, read_weights
 from decoderlm.config import ModelConfig
 from decoderlm.errors import DecoderLMError
+from decoderlm.fileio import bytes_writer, commit_files, json_writer, safetensors_writer
 from decoderlm.interop import hf_gpt2, hf_llama
 from decoderlm.interop.hf_common import refuse, refuse_common
 

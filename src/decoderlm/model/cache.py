@@ -1,7 +1,9 @@
 """A preallocated key/value cache for incremental decoding (as in gpt-fast).
 
-One tensor per layer for keys and one for values, shaped (B, H_kv, S_max, D), allocated once;
-each forward writes its new keys/values in place at their positions and attends over the prefix.
+One tensor per layer for keys and one for values, shaped (B, H_kv, S_max, D), allocated once.
+`length` counts the slots written so far: each forward of the model writes its new keys and values
+in place at the next slots (`update`, once per layer) and then moves `length` on (`advance`).
+Which of those slots a query may see is the attention mask's business (decoderlm.generate.inputs).
 """
 
 from __future__ import annotations
@@ -13,15 +15,18 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                  static: bool = False):
-        """static=True: attention always sees all `max_len` slots (unwritten ones masked out), so
-        every decoding step has the same shapes and one compiled graph serves them all; the
-        position is then a tensor, not a Python int."""
+        """static=True: attention always sees all `max_len` slots (the mask hides the unwritten
+        ones), so every decoding step has the same shapes and one compiled graph serves them all;
+        `length` is then a tensor, not a Python int, so that it does not recompile the graph."""
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.max_len = max_len
         self.batch_size = batch_size
         self.static = static
+        self.device = device
+        self.length: int | torch.Tensor = 0
+        self.reset()
 
     @classmethod
     def for_model(cls, config, batch_size: int, max_len: int | None = None,
@@ -29,13 +34,18 @@ class KVCache:
         return cls(config.n_layer, batch_size, config.n_kv_head, max_len or config.max_seq_len,
                    config.head_dim, dtype=dtype, device=device, static=static)
 
-    def update(self, layer: int, start, k: torch.Tensor, v: torch.Tensor):
-        """Store (B, H, T, D) keys/values at positions start..start+T; return what attention sees:
-        the cached prefix, or (static) the whole buffer."""
+    def reset(self) -> None:
+        """Forget every written slot (the buffers are overwritten from slot 0 on)."""
+        self.length = torch.zeros((), dtype=torch.long, device=self.device) if self.static else 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store (B, H, T, D) keys/values at slots length..length+T; return what attention sees:
+        the written prefix, or (static) the whole buffer."""
+        start = self.length
         if self.static:  # start is a tensor: write in place without leaving the graph
-            positions = start + torch.arange(k.shape[2], device=k.device)
-            self.k[layer].index_copy_(2, positions, k)
-            self.v[layer].index_copy_(2, positions, v)
+            slots = start + torch.arange(k.shape[2], device=k.device)
+            self.k[layer].index_copy_(2, slots, k)
+            self.v[layer].index_copy_(2, slots, v)
             return self.k[layer], self.v[layer]
         end = start + k.shape[2]
         if end > self.max_len:
@@ -43,6 +53,10 @@ class KVCache:
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        """After every layer wrote `n` new slots. Out of place: the tensor may come from inference mode."""
+        self.length = self.length + n
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (beam search): row i becomes old row index[i]."""

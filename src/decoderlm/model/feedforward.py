@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.config import ModelConfig
-from decoderlm.model.compiled_kernels import CompiledKernel
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -40,16 +39,13 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(self.d_ff, config.d_model, bias=config.mlp_bias)
 
     def forward(self, x):
-        return self.down(_swiglu_kernel(self.gate_up(x)))
+        return self.down(swiglu(self.gate_up(x)))
 
 
 def swiglu(gate_up):
     """silu(gate) * up, from gate and up side by side in the last dimension."""
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-_swiglu_kernel = CompiledKernel(swiglu, training_only=True)
 
 
 class MixtureOfExperts(nn.Module):
@@ -59,6 +55,9 @@ class MixtureOfExperts(nn.Module):
     Dispatch sorts the (token, expert) assignments by expert and runs one batched matmul per expert:
     a Python loop over experts, never over tokens. torch has no grouped-matmul MoE layer for CPU,
     so this is written by hand.
+
+    Each forward leaves its load-balancing loss in `self.balance_loss`, which the model adds to
+    its training loss (see DecoderLM.aux_loss).
     """
 
     def __init__(self, config: ModelConfig):
@@ -70,6 +69,7 @@ class MixtureOfExperts(nn.Module):
         self.gate_up = nn.Parameter(torch.empty(E, 2 * F_, C))
         self.down = nn.Parameter(torch.empty(E, C, F_))
         self.shared = SwiGLU(config) if config.shared_expert else None
+        self.balance_loss: torch.Tensor | None = None
 
     def route(self, x_flat):
         """(N, C) -> top-k expert ids (N, k), their weights (N, k), and the router's logits (N, E)."""
@@ -82,7 +82,7 @@ class MixtureOfExperts(nn.Module):
         return F.linear(swiglu(F.linear(x, self.gate_up[e])), self.down[e])
 
     def forward(self, x):
-        """x: (B, T, C) -> (output (B, T, C), load-balancing loss (scalar))."""
+        """x: (B, T, C) -> (B, T, C); the balance loss of this routing is kept in self.balance_loss."""
         B, T, C = x.shape
         x_flat = x.reshape(-1, C)  # (N, C)
         top_ids, weights, logits = self.route(x_flat)
@@ -97,7 +97,8 @@ class MixtureOfExperts(nn.Module):
         y = torch.zeros_like(x_flat).index_add_(0, token_of, expert_out)
         if self.shared is not None:
             y = y + self.shared(x_flat)
-        return y.view(B, T, C), balance_loss(logits, counts)
+        self.balance_loss = balance_loss(logits, counts)
+        return y.view(B, T, C)
 
 
 def balance_loss(router_logits, counts):

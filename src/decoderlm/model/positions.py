@@ -1,4 +1,5 @@
-"""Position information: added tables (sinusoidal, learned) and rotary embeddings (RoPE)."""
+"""Position information: a table added to the token embeddings (sinusoidal, learned) or rotary
+embeddings (RoPE) that turn queries and keys inside attention."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import math
 
 import torch
 from torch import nn
-
-from decoderlm.model.compiled_kernels import CompiledKernel
 
 
 def sinusoidal_table(max_len: int, dim: int) -> torch.Tensor:
@@ -25,22 +24,20 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_table(max_len, dim), persistent=False)
 
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
-        return self.table[position_ids]
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
+        return self.table[positions]
 
 
 class LearnedPositions(nn.Embedding):
-    """One trained vector per position (GPT-2's wpe)."""
-
-    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
-        return super().forward(position_ids)
+    """One trained vector per position (GPT-2's wpe): (B, T) -> (B, T, C)."""
 
 
 class Rotary(nn.Module):
     """Rotary position embedding in Llama's "rotate-half" layout: channel i pairs with i + D/2.
 
     torch has no RoPE module, so this is written by hand (as in Llama and gpt-fast). The cos/sin
-    tables are computed once for the whole window, in float32, and indexed by position.
+    tables are computed once for the whole window, in float32; `forward` looks up the rows of the
+    given positions, and attention turns its queries and keys with `apply_rotary`.
     """
 
     def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0):
@@ -51,9 +48,9 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def tables(self, position_ids: torch.Tensor, dtype: torch.dtype):
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for (B, T) positions, shaped (B, 1, T, D) to broadcast over heads."""
-        return self.cos[position_ids].unsqueeze(1).to(dtype), self.sin[position_ids].unsqueeze(1).to(dtype)
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -64,12 +61,3 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate (B, H, T, D) queries or keys by their positions' angles."""
     return x * cos + rotate_half(x) * sin
-
-
-def _rotate_queries_and_keys(q, k, cos, sin):
-    """apply_rotary to both queries and keys."""
-    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
-
-# One fused compiled kernel while training on CPU, the plain function otherwise.
-rotate_queries_and_keys = CompiledKernel(_rotate_queries_and_keys, training_only=True)

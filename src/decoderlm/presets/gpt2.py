@@ -1,6 +1,6 @@
 """GPT-2 small (124M): the `gpt` architecture at OpenAI's sizes."""
 
-from decoderlm.config import get_recipe
+from decoderlm.presets import get_recipe
 
 _base = get_recipe("gpt")
 

@@ -1,6 +1,6 @@
 """The Gutenberg Llama with a mixture of 8 SwiGLU experts, top-3 routing, trained in bf16."""
 
-from decoderlm.config import get_recipe
+from decoderlm.presets import get_recipe
 
 _base = get_recipe("llama-gutenberg")
 

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -22,6 +21,10 @@ class MicroBatch:
     y: torch.Tensor  # (b, T)
     weight: float  # multiplies this micro-batch's mean loss (0 for a placeholder)
     rows: int  # real rows (0 for a placeholder)
+    extras: dict | None = None  # positions / attention_mask of packed chat rows, split like x
+
+    def model_kwargs(self, device) -> dict:
+        return {k: v.to(device) for k, v in (self.extras or {}).items()}
 
 
 def accumulation_steps(batch_size: int, micro_batch_size: int | None, world_size: int) -> int:
@@ -29,7 +32,8 @@ def accumulation_steps(batch_size: int, micro_batch_size: int | None, world_size
     return max(1, math.ceil(per_rank / (micro_batch_size or per_rank)))
 
 
-def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, accum: int) -> list[MicroBatch]:
+def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, accum: int,
+                  extras: dict | None = None) -> list[MicroBatch]:
     """This rank's `accum` micro-batches of the global batch (B, T).
 
     The weights make sum(weight * mean loss) over micro-batches, averaged over ranks (which is
@@ -38,27 +42,18 @@ def micro_batches(x: torch.Tensor, y: torch.Tensor, rank: int, world_size: int, 
     placeholder row with weight 0, so every rank joins the same collectives.
     """
     total = x.shape[0]
+    extras = {k: v for k, v in (extras or {}).items() if v is not None}
+
+    def pieces(t):
+        return t.tensor_split(world_size)[rank].tensor_split(accum)
+
+    split_extras = [dict(zip(extras, parts)) for parts in zip(*map(pieces, extras.values()))] or [None] * accum
     out = []
-    for xs, ys in zip(x.tensor_split(world_size)[rank].tensor_split(accum),
-                      y.tensor_split(world_size)[rank].tensor_split(accum)):
+    for xs, ys, ex in zip(pieces(x), pieces(y), split_extras):
         rows = xs.shape[0]
         if rows == 0:
-            out.append(MicroBatch(x[:1], y[:1], 0.0, 0))
+            out.append(MicroBatch(x[:1], y[:1], 0.0, 0, {k: v[:1] for k, v in extras.items()} or None))
         else:
-            out.append(MicroBatch(xs, ys, rows / total * world_size, rows))
+            out.append(MicroBatch(xs, ys, rows / total * world_size, rows, ex or None))
     return out
 
-
-class LossModule(nn.Module):
-    """forward(idx, targets) -> (total loss, cross-entropy) of the wrapped DecoderLM.
-
-    DDP and FSDP hook a module's forward; the loss is a method of the model, so this one-line
-    module makes it the forward that they wrap (the model itself stays untouched).
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, idx, targets):
-        return self.model.loss(idx, targets)

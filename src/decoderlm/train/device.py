@@ -12,10 +12,8 @@ import functools
 
 import torch
 
+from decoderlm.config import DTYPE_ALIASES
 from decoderlm.errors import DecoderLMError
-
-DTYPES = ("auto", "float32", "bfloat16")
-_ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def choose_device(local_rank: int = 0) -> torch.device:
@@ -39,9 +37,7 @@ def cpu_has_native_bf16() -> bool:
 
 def autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
     """The autocast dtype for `train.dtype` (None: plain fp32)."""
-    name = _ALIASES.get(dtype, dtype)
-    if name not in DTYPES:
-        raise DecoderLMError(f"train.dtype must be one of {DTYPES}, got {dtype!r}")
+    name = DTYPE_ALIASES.get(dtype, dtype)
     if name == "float32":
         return None
     if name == "bfloat16":

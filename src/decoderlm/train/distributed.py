@@ -17,8 +17,6 @@ from torch import nn
 from decoderlm.errors import DecoderLMError
 from decoderlm.train.device import choose_device
 
-PARALLEL = ("ddp", "fsdp")
-
 
 @dataclass
 class Distributed:
@@ -56,14 +54,12 @@ def teardown(state: Distributed) -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, state: Distributed, parallel: str) -> nn.Module:
+def wrap(model: nn.Module, state: Distributed, parallel: str) -> nn.Module:
     """DDP (a full replica per process, gradients averaged) or FSDP2 (`fully_shard`: parameters,
     gradients and optimizer state sharded across processes, each transformer block its own unit).
-    `module` is the training LossModule; its `.model` is the DecoderLM."""
-    if parallel not in PARALLEL:
-        raise DecoderLMError(f"train.parallel must be one of {PARALLEL}, got {parallel!r}")
+    `model` is the DecoderLM that computes; both hook its forward, which returns the loss."""
     if not state.enabled:
-        return module
+        return model
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
@@ -72,17 +68,13 @@ def wrap(module: nn.Module, state: Distributed, parallel: str) -> nn.Module:
         no_sync = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})  # the older name, deprecated in newer torch
-        return DistributedDataParallel(module, device_ids=ids, **no_sync)
+        return DistributedDataParallel(model, device_ids=ids, **no_sync)
     from torch.distributed.fsdp import fully_shard
 
-    for block in module.model.blocks:
+    for block in model.blocks:
         fully_shard(block)
-    fully_shard(module)
-    return module
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    fully_shard(model)
+    return model
 
 
 def all_reduce_sum(values: torch.Tensor, state: Distributed) -> torch.Tensor:
@@ -108,13 +100,12 @@ def barrier(state: Distributed) -> None:
 # -- full (unsharded) state for checkpoints -------------------------------------------------------
 def full_model_state(model: nn.Module, wrapped: nn.Module, sharded: bool) -> dict[str, torch.Tensor]:
     """The complete state dict on CPU of `model`, the fp32 DecoderLM the optimizer updates. Under
-    FSDP it is gathered from every shard of `wrapped` (the sharded LossModule): all ranks must
-    call, rank 0 receives it."""
+    FSDP it is gathered from every shard of `wrapped` (the sharded model): all ranks must call,
+    rank 0 receives it."""
     if sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        full = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k.removeprefix("model."): v for k, v in full.items()}
+        return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 

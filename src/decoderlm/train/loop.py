@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,92 +20,115 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decoderlm.checkpoint_io import (CONFIG_NAME, WEIGHTS_NAME, check_and_load, json_writer, safetensors_writer,
-                                     write_file_atomic)
+from decoderlm.checkpoint import STATE_VERSION
+from decoderlm.checkpoint_io import check_and_load, storable_weights
 from decoderlm.compile_support import can_compile
-from decoderlm.config import Recipe
+from decoderlm.config import Recipe, parse_duration
 from decoderlm.data.samplers import RandomWindows, SequentialWindows
 from decoderlm.errors import DecoderLMError
+from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
-from decoderlm.train import checkpoint, distributed
-from decoderlm.train.batches import LossModule, accumulation_steps, micro_batches
+from decoderlm.rundir import RunDirectory
+from decoderlm.chat.dataset import ChatBatches
+from decoderlm.train import distributed, finetune
+from decoderlm.train.batches import accumulation_steps, micro_batches
+from decoderlm.train.budget import RunClock
 from decoderlm.train.device import autocast, autocast_dtype
-from decoderlm.train.metrics import (PLOT_NAME, MetricsLog, Throughput, flops_per_token, measured_peak_flops,
-                                     plot_losses, progress_bar)
+from decoderlm.train.interrupt import StopRequest
+from decoderlm.train.metrics import plot_losses, progress_bar
+from decoderlm.train.mfu import Throughput, flops_per_token, peak_flops
 from decoderlm.train.optim import build_optimizer, set_lr
-from decoderlm.train.precision import MasterWeights, check_master_weights, use_master_weights
-from decoderlm.train.schedule import horizon, lr_factor, parse_duration
+from decoderlm.train.precision import MasterWeights, use_master_weights
+from decoderlm.train.schedule import horizon, lr_factor
+from decoderlm.train.threads import ThreadTuner
+
+
+COMPILE_NOTE_AFTER_S = 3.0  # a first step slower than this is announced as the compile it is
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
-    stopped: str  # max_steps | time_budget | early_stopping | stop_at_step
+    stopped: str  # max_steps | time_budget | early_stopping | stop_at_step (Ctrl-C raises KeyboardInterrupt)
     val_loss: float | None
     best_val_loss: float | None
+    budget_end: float | None = None  # time.perf_counter() at which train.time_budget runs out
 
 
 class Trainer:
-    """Build everything from a recipe and a TokenData, then `fit()`."""
+    """Build everything from a recipe, a TokenData and an opened RunDirectory (rank 0 holds its
+    lock), then `fit()`. Building writes nothing; fit() writes the run."""
 
-    def __init__(self, recipe: Recipe, data, run_dir, *, resume: bool = False, progress: bool = True,
-                 stop_at_step: int | None = None):
-        self.recipe, self.data, self.run_dir = recipe, data, Path(run_dir)
+    def __init__(self, recipe: Recipe, data, run: RunDirectory, *, resume: bool = False, progress: bool = True,
+                 stop_at_step: int | None = None, samples: bool = False):
+        self.recipe, self.data, self.run, self.run_dir = recipe, data, run, run.path
         self.cfg = cfg = recipe.train
         self.progress, self.stop_at_step = progress, stop_at_step
+        self.samples = samples  # samples follow fit(): a time budget keeps them a share (train/budget.py)
         self.dist = distributed.setup()
         self.device = self.dist.device
         self.block = cfg.block_size or recipe.model.max_seq_len
-        if not 0 < self.block <= recipe.model.max_seq_len:
-            raise DecoderLMError(f"train.block_size {self.block} must be between 1 and the model's context "
-                                 f"({recipe.model.max_seq_len})")
         self.amp = autocast_dtype(self.device, cfg.dtype)
         self.budget = parse_duration(cfg.time_budget)
         self.accum = accumulation_steps(cfg.batch_size, cfg.micro_batch_size, self.dist.world_size)
         self.sharded = self.dist.enabled and cfg.parallel == "fsdp"
-        check_master_weights(cfg.master_weights, self.dist.world_size)
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         model = DecoderLM(recipe.model)
+        if cfg.init_from and not resume:
+            finetune.init_weights(model, recipe)
         self.counters = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "bad_steps": 0,
                          "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
         saved = None
         if resume:
-            weights, saved, where = checkpoint.load_last(self.run_dir)
+            weights, saved, where = run.load_last()
             check_and_load(model, weights, where)
             self.counters.update({k: saved[k] for k in self.counters if k in saved})
-        elif self.dist.is_main:  # config.json, tokenizer and the initial weights: a loadable run from the start
-            from decoderlm.lm import LanguageModel
-
-            LanguageModel.from_model(model, data.tokenizer, recipe).save(self.run_dir)
+            if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
+                raise DecoderLMError(f"cannot resume: {run.path} is at step {self.counters['step']} but its length "
+                                     f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
+                                     f"set a larger train.max_steps")
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
         self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
                        if use_master_weights(cfg.master_weights, self.amp, self.device, self.dist.enabled) else None)
-        compute_model = self.master.compute if self.master else model
+        self.compute_model = self.master.compute if self.master else model
+        if self.device.type == "cpu":  # faster layers, same weights and results (decoderlm.kernels)
+            apply_cpu_kernels(self.compute_model)
         self.autocast_dtype = None if self.master else self.amp  # a bf16 model needs no autocast
-        self.loss_module = distributed.wrap(LossModule(compute_model), self.dist, cfg.parallel)
-        self.forward = _maybe_compile(self.loss_module, cfg.compile, self.device, self.dist.is_main)
+        self.wrapped = distributed.wrap(self.compute_model, self.dist, cfg.parallel)
+        self.forward = _maybe_compile(self.wrapped, cfg.compile, self.device, self.dist.is_main)
         self.optimizer = build_optimizer(model, cfg, self.device, distributed_tensors=self.sharded)
         if saved is not None:
-            distributed.load_optimizer_state(self.loss_module, self.optimizer, saved["optimizer"], self.sharded)
+            distributed.load_optimizer_state(self.wrapped, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])
             _restore_rng(saved.get("rng"))
-            if self.dist.is_main:  # the (possibly extended) recipe of the resumed run
-                write_file_atomic(self.run_dir / CONFIG_NAME, json_writer(recipe.to_dict()))
-        self.metrics = MetricsLog(self.run_dir)
-        if self.dist.is_main:
-            self.metrics.truncate_after(self.counters["step"])
-        self.eval_enabled = cfg.eval_every > 0 and len(data.val) > self.block
+        self.eval_enabled = cfg.eval_every > 0 and (len(data.val) > 0 if self.chat else len(data.val) > self.block)
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
+        self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
+        self.threads = None  # CPU training alone: the thread count follows the CPU it gets (train/threads.py)
+        if self.device.type == "cpu" and not self.dist.enabled:
+            self.threads = ThreadTuner.for_cpu_training(cfg.threads)
+            if self.threads and self.threads.current < self.threads.cores:
+                print(f"training on {self.threads.current} of {self.threads.cores} CPU threads: the other cores "
+                      f"are busy (re-checked every minute)", flush=True)
 
     # -- set-up helpers ---------------------------------------------------------------------------
+    @property
+    def chat(self) -> bool:
+        return isinstance(self.data, finetune.ChatData)
+
+    def _chat_batches(self, examples) -> ChatBatches:
+        return ChatBatches(examples, self.block, self.cfg.batch_size, self.recipe.data.layout, self.cfg.seed)
+
     def _train_sampler(self):
         cfg = self.cfg
+        if self.chat:
+            return finetune.ChatSampler(self._chat_batches(self.data.train))
         # Every rank draws the same global batch and takes its own rows (see train/batches.py).
         if cfg.sampler == "sequential":
             return SequentialWindows(self.data.train, self.block, cfg.batch_size, stride=cfg.stride, seed=cfg.seed)
@@ -113,6 +138,8 @@ class Trainer:
         cfg = self.cfg
         if isinstance(self.sampler, SequentialWindows):
             per_epoch = self.sampler.batches_per_epoch
+        elif self.chat:
+            per_epoch = self.sampler.batches.steps_per_epoch
         else:
             per_epoch = max(1, len(self.data.train) // (cfg.batch_size * self.block))
         limits = [cfg.max_steps] if cfg.max_steps else []
@@ -123,50 +150,98 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         c, cfg, main = self.counters, self.cfg, self.dist.is_main
-        compute_dtype = "bfloat16" if self.amp == torch.bfloat16 else "float32"
-        peak = cfg.peak_flops or (measured_peak_flops(self.device.type, compute_dtype) if main else None)
+        peak = cfg.peak_flops or (peak_flops(self.device.type, self.amp or torch.float32) if main else None)
         meter = Throughput(self.flops_per_token, peak * self.dist.world_size if peak else None)  # global rate
+        self.clock = clock = RunClock(self.budget, c["elapsed"], self._checkpoint_bytes())
+        self._begin()
         bar = progress_bar(self.total_steps, c["step"], self.progress and main)
-        start, elapsed_before = time.perf_counter(), c["elapsed"]
         stopped, val_loss = "max_steps", None
+        interrupt = StopRequest(announce=main).start()
         try:
             while c["step"] < self.total_steps:
-                c["elapsed"] = elapsed_before + time.perf_counter() - start
-                if self.budget and distributed.broadcast_flag(c["elapsed"] >= self.budget, self.dist):
+                c["elapsed"] = clock.elapsed()
+                if self.budget and distributed.broadcast_flag(not self._room_for_step(), self.dist):
                     stopped = "time_budget"
                     break
-                loss, grad_norm, lr = self._step()
+                loss, grad_norm, lr = self._timed_step(bar)
                 c["step"] += 1
                 c["tokens"] += cfg.batch_size * self.block
                 meter.add(cfg.batch_size * self.block)
-                bar.update(1)
-                if c["step"] % cfg.log_every == 0 or c["step"] == self.total_steps:
-                    rate, mfu = meter.report()
-                    left = {"left": f"{max(0.0, self.budget - c['elapsed']) / 60:.1f}m"} if self.budget else {}
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
-                    self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                               "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
+                self._report_step(bar, meter, loss, grad_norm, lr)
                 if self.eval_enabled and c["step"] % cfg.eval_every == 0:
                     val_loss = self._evaluate_and_track(bar)
                     if cfg.early_stop_patience and c["evals_without_improvement"] >= cfg.early_stop_patience:
                         stopped = "early_stopping"
                         break
                 if c["step"] % self.save_every == 0:
-                    self._save()
+                    self._save(bar)
                 if self.stop_at_step is not None and c["step"] >= self.stop_at_step:
                     stopped = "stop_at_step"
                     break
-            c["elapsed"] = elapsed_before + time.perf_counter() - start
+                if distributed.broadcast_flag(interrupt.requested, self.dist):  # Ctrl-C: stop, saving this step
+                    stopped = "interrupted"
+                    break
+            c["elapsed"] = clock.elapsed()
             if self.eval_enabled and stopped in ("max_steps", "time_budget") and c["step"] % cfg.eval_every:
                 val_loss = self._evaluate_and_track(bar)
             if self.saved_step != c["step"]:
-                self._save()
+                self._save(bar)
         finally:
             bar.close()
+            interrupt.stop()
+            if self.threads:
+                self.threads.restore()
         if main:
-            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+            self._plot()
         distributed.barrier(self.dist)
-        return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"])
+        if stopped == "interrupted":
+            if main:
+                print(f"decoderlm: saved a checkpoint at step {c['step']}; continue with: "
+                      f"decoderlm train --out {self.run_dir} --resume", file=sys.stderr, flush=True)
+            raise KeyboardInterrupt
+        return TrainResult(self.run_dir, c["step"], stopped, val_loss, c["best_val_loss"], clock.end())
+
+    def _report_step(self, bar, meter, loss: float, grad_norm: float, lr: float) -> None:
+        """The progress bar after each step, and a metrics record every log_every steps."""
+        c = self.counters
+        if self.budget:  # the bar's end (and so its ETA) follows the budget: the steps it allows
+            bar.total = min(self.total_steps, c["step"] + self._steps_that_fit())
+        bar.update(1)
+        if c["step"] % self.cfg.log_every == 0 or c["step"] == self.total_steps:
+            rate, mfu = meter.report()
+            left = {"left": _duration(max(0.0, self.budget - c["elapsed"]))} if self.budget else {}
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}", **left, refresh=False)
+            self._log({"step": c["step"], "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                       "tokens_per_s": rate, "mfu": mfu, "tokens": c["tokens"]})
+
+    def _room_for_step(self) -> bool:
+        return self._steps_that_fit() >= 1 or self.clock.step_s is None  # the first step is always taken
+
+    def _steps_that_fit(self) -> int:
+        eval_batches = self.cfg.eval_batches if self.eval_enabled else 0
+        return self.clock.steps_that_fit(eval_batches, self.samples)
+
+    def _timed_step(self, bar) -> tuple[float, float, float]:
+        """A step, timed for the budget's estimates. This process's first step compiles (the CPU
+        kernels, or the whole model with train.compile), which can take a minute: when it runs
+        past a few seconds, that is said, and how long it took."""
+        if self.clock.steps or not self.dist.is_main:
+            with self.clock.timing("step"):
+                result = self._step()
+            if self.threads:
+                self.threads.after_step(self.clock.steps[-1])
+            return result
+        note = threading.Timer(COMPILE_NOTE_AFTER_S, bar.write, [
+            "first step: compiling (torch.compile; counted in train.time_budget), this can take a minute"])
+        note.start()
+        try:
+            with self.clock.timing("step"):
+                result = self._step()
+        finally:
+            note.cancel()
+        if self.clock.steps[0] > COMPILE_NOTE_AFTER_S:
+            bar.write(f"first step done in {self.clock.steps[0]:.1f} s (compiling included)")
+        return result
 
     def _step(self) -> tuple[float, float, float]:
         """One optimizer step over the global batch: returns (mean loss, grad norm, lr)."""
@@ -174,18 +249,18 @@ class Trainer:
         lr_scale = lr_factor(c["step"], cfg, horizon(c["step"], self.total_steps,
                                                       c["elapsed"] / self.budget if self.budget else 0.0))
         set_lr(self.optimizer, lr_scale)
-        x, y = self.sampler.next_batch()
+        x, y, extras = _batch_parts(self.sampler.next_batch())
         # Dropout's randomness from (seed, step, rank): resume needs no RNG state to be exact.
         torch.manual_seed(cfg.seed + 1_000_003 * (c["step"] + 1) + self.dist.rank)
-        pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum)
+        pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum, extras)
         loss_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(pieces):
             with self._no_sync(i < len(pieces) - 1), autocast(self.device, self.autocast_dtype):
-                total, ce = self.forward(mb.x.to(self.device), mb.y.to(self.device))
-            (total * mb.weight).backward()
+                loss = self.forward(mb.x.to(self.device), mb.y.to(self.device), **mb.model_kwargs(self.device))
+            (loss * mb.weight).backward()
             if self.master:
                 self.master.collect_grads()
-            loss_sum += ce.detach().float() * mb.weight / self.dist.world_size
+            loss_sum += self._cross_entropy(loss) * mb.weight / self.dist.world_size
         loss = distributed.all_reduce_sum(loss_sum, self.dist).item()
         grad_norm = self._clip()
         if math.isfinite(grad_norm) and math.isfinite(loss):
@@ -209,9 +284,13 @@ class Trainer:
         if not (skip and self.dist.enabled):
             return contextlib.nullcontext()
         if self.sharded:
-            self.loss_module.set_requires_gradient_sync(False)
-            return _restore_sync(self.loss_module)
-        return self.loss_module.no_sync()
+            self.wrapped.set_requires_gradient_sync(False)
+            return _restore_sync(self.wrapped)
+        return self.wrapped.no_sync()
+
+    def _cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
+        """What is logged and evaluated: the training loss less the MoE balance term."""
+        return (loss - self.compute_model.aux_loss()).detach().float()
 
     def _clip(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -223,34 +302,78 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over `eval_batches` global batches, the same windows every time
-        (a fresh sampler with a fixed seed), so evaluations are comparable."""
-        cfg = self.cfg
+    def evaluate(self, deadline: float | None = None) -> tuple[float | None, int]:
+        """(mean validation loss, batches used) over `eval_batches` global batches, the same windows
+        every time (a fresh sampler with a fixed seed), so evaluations are comparable. With a
+        `deadline` (time.perf_counter), it stops before a batch that would end past it: a shrunk
+        evaluation (its first batches), or none at all (None, 0)."""
+        cfg, main = self.cfg, self.dist.is_main
+        if self.chat:  # held-out chat sets are small: always evaluated whole
+            return self._evaluate_chat(), cfg.eval_batches
         sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
-        self.loss_module.eval()
+        bar = progress_bar(cfg.eval_batches, 0, self.progress and main, desc="evaluating", unit="batch", leave=False)
+        done = 0
+        self.wrapped.eval()
         try:
-            for _ in range(cfg.eval_batches):
-                x, y = sampler.next_batch()
-                for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
-                    with autocast(self.device, self.autocast_dtype):
-                        _, ce = self.loss_module(mb.x.to(self.device), mb.y.to(self.device))
-                    sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
+            for done in range(cfg.eval_batches):
+                late = deadline is not None and time.perf_counter() + self.clock.eval_batch_estimate() > deadline
+                if distributed.broadcast_flag(late, self.dist):  # every rank evaluates the same batches
+                    break
+                with self.clock.timing("eval_batch"):
+                    sums += self._eval_batch(sampler)
+                bar.update(1)
+            else:
+                done = cfg.eval_batches
         finally:
-            self.loss_module.train()
+            self.wrapped.train()
+            bar.close()
         sums = distributed.all_reduce_sum(sums, self.dist)
-        return float(sums[0] / sums[1])
+        return (float(sums[0] / sums[1]) if done else None), done
 
-    def _evaluate_and_track(self, bar) -> float:
-        c = self.counters
-        val_loss = self.evaluate()
+    @torch.no_grad()
+    def _evaluate_chat(self) -> float:
+        """Mean loss per loss token (assistant tokens by default) over every held-out example. Each
+        process computes all of it (held-out chat sets are small), so no collective is needed."""
+        total, tokens = 0.0, 0
+        self.wrapped.eval()
+        try:
+            for batch in self._chat_batches(self.data.val).in_order():
+                x, y, extras = _batch_parts(batch)
+                kwargs = {k: v.to(self.device) for k, v in extras.items() if v is not None}
+                with autocast(self.device, self.autocast_dtype):
+                    ce = self._cross_entropy(self.compute_model(x.to(self.device), y.to(self.device), **kwargs))
+                total += float(ce) * batch.loss_tokens
+                tokens += batch.loss_tokens
+        finally:
+            self.wrapped.train()
+        return total / max(tokens, 1)
+
+    def _eval_batch(self, sampler) -> torch.Tensor:
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        x, y = sampler.next_batch()
+        for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
+            with autocast(self.device, self.autocast_dtype):
+                ce = self._cross_entropy(self.wrapped(mb.x.to(self.device), mb.y.to(self.device)))
+            sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
+        return sums
+
+    def _evaluate_and_track(self, bar) -> float | None:
+        c, wanted = self.counters, self.cfg.eval_batches
+        val_loss, used = self.evaluate(self.clock.eval_deadline(self.samples))
+        if used < wanted and self.dist.is_main:
+            bar.write(f"step {c['step']}: evaluation {'skipped' if not used else f'on {used} of {wanted} batches'} "
+                      f"to fit train.time_budget")
+        if val_loss is None:
+            return None
         improved = c["best_val_loss"] is None or val_loss < c["best_val_loss"]
         if improved:
             c["best_val_loss"], c["evals_without_improvement"] = val_loss, 0
         else:
             c["evals_without_improvement"] += 1
         record = {"step": c["step"], "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0))}
+        if used < wanted:
+            record["eval_batches"] = used
         meta = self.data.meta
         if meta.get("val_bytes") and len(self.data.val):  # bits per byte: comparable across tokenizers
             record["val_bpb"] = val_loss * len(self.data.val) / meta["val_bytes"] / math.log(2)
@@ -260,38 +383,76 @@ class Trainer:
                       + (" (best)" if improved else ""))
         weights = self._gather_weights() if improved else None
         if improved and self.dist.is_main:
-            checkpoint.save_best(self.run_dir, weights, c["step"])
-            self._publish(weights)
+            self.run.save_best(weights, c["step"])
+            self.run.publish(weights)
         if self.dist.is_main:
-            plot_losses(self.metrics.read(), self.run_dir / PLOT_NAME, title=f"{self.recipe.name}: {self.run_dir}")
+            self._plot()
         return val_loss
 
-    # -- writing ----------------------------------------------------------------------------------
+    # -- writing (rank 0 writes; every rank takes part in gathering) ----------------------------------
+    def _begin(self) -> None:
+        """The run's first writes. A new run gets config.json, the tokenizer and its initial
+        weights, so it is loadable from the start; a resumed one its (possibly extended) recipe,
+        and its metrics cut back to the checkpoint's step."""
+        weights = None if self.resumed else self._gather_weights()
+        if not self.dist.is_main:
+            return
+        if self.resumed:
+            self.run.write_recipe(self.recipe)
+            self.run.truncate_metrics(self.counters["step"])
+        else:
+            self.run.write_model(self.recipe, weights, self.data.tokenizer, self._chat_template())
+
+    def _chat_template(self):
+        """The template the model chats with: the chat data's, else that of the checkpoint it started from."""
+        if self.chat:
+            return self.data.chat_template
+        if self.cfg.init_from:
+            from decoderlm.chat import read_saved_template
+
+            return read_saved_template(self.cfg.init_from)
+        return None
+
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
-            self.metrics.write(record)
+            self.run.append_metrics(record)
+
+    def _plot(self) -> None:
+        with self.clock.timing("plot"):
+            self.run.write_plot(plot_losses(self.run.read_metrics(), title=f"{self.recipe.name}: {self.run_dir}"))
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
-        state = distributed.full_model_state(self.model, self.loss_module, self.sharded)
-        return checkpoint.dedup_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
+        state = distributed.full_model_state(self.model, self.wrapped, self.sharded)
+        return storable_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
-    def _publish(self, weights: dict[str, torch.Tensor]) -> None:
-        """RUN_DIR/model.safetensors: what `decoderlm generate RUN_DIR` loads (best, or last without
-        evaluation), in the run-directory format of decoderlm.lm."""
-        write_file_atomic(self.run_dir / WEIGHTS_NAME, safetensors_writer(weights, {"format": "pt"}))
+    def _save(self, bar) -> None:
+        with self.clock.timing("save"):
+            weights = self._gather_weights()
+            optim_state = distributed.full_optimizer_state(self.wrapped, self.optimizer, self.sharded)
+            if self.dist.is_main:
+                bar.set_description("saving", refresh=True)
+                state = {"version": STATE_VERSION, **self.counters, "optimizer": optim_state,
+                         "sampler": self.sampler.state_dict(), "rng": _rng_state(),
+                         "world_size": self.dist.world_size}
+                self.run.save_last(weights, state)
+                # Without an evaluation yet, the last weights are the published ones.
+                if not self.eval_enabled or self.counters["best_val_loss"] is None:
+                    self.run.publish(weights)
+                bar.set_description("training", refresh=False)
+            self.saved_step = self.counters["step"]
+            distributed.barrier(self.dist)
 
-    def _save(self) -> None:
-        weights = self._gather_weights()
-        optim_state = distributed.full_optimizer_state(self.loss_module, self.optimizer, self.sharded)
-        if self.dist.is_main:
-            state = {"version": checkpoint.STATE_VERSION, **self.counters, "optimizer": optim_state,
-                     "sampler": self.sampler.state_dict(), "rng": _rng_state(),
-                     "world_size": self.dist.world_size}
-            checkpoint.save_last(self.run_dir, weights, state)
-            if not self.eval_enabled:
-                self._publish(weights)
-        self.saved_step = self.counters["step"]
-        distributed.barrier(self.dist)
+    def _checkpoint_bytes(self) -> int:
+        """What one save writes: fp32 weights, two optimizer moments, the published weights."""
+        return 4 * 4 * sum(p.numel() for p in self.model.parameters())
+
+
+def _batch_parts(batch):
+    """(x, y, extras) of a sampler's batch: token windows are (x, y); chat batches carry positions
+    and the block-diagonal mask of packed rows too."""
+    if isinstance(batch, tuple):
+        return batch[0], batch[1], {}
+    return batch.idx, batch.targets, {"positions": batch.positions, "attention_mask": batch.attention_mask}
 
 
 def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool):
@@ -305,6 +466,10 @@ def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool
                   "training without it", flush=True)
         return module
     return torch.compile(module)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f}m"
 
 
 @contextlib.contextmanager
@@ -333,6 +498,12 @@ def _restore_rng(state: dict | None) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
-def train(recipe: Recipe, data, run_dir, **kwargs) -> TrainResult:
-    """Train `recipe` on `data` (a decoderlm.data.shards.TokenData) into `run_dir`."""
-    return Trainer(recipe, data, run_dir, **kwargs).fit()
+def train(recipe: Recipe, data, run_dir, *, resume: bool = False, overwrite: bool = False, **kwargs) -> TrainResult:
+    """Train `recipe` on `data` (a decoderlm.data.shards.TokenData) into the run directory `run_dir`:
+    a new one (an existing run only with `overwrite`), or the run there continued with `resume`."""
+    run = RunDirectory.open_to_resume(run_dir) if resume else RunDirectory.create(run_dir, overwrite=overwrite)
+    with run:
+        if not resume:
+            run.clear()
+            run.link_data(Path(data.directory).expanduser().resolve())
+        return Trainer(recipe, data, run, resume=resume, **kwargs).fit()

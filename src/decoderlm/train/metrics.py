@@ -1,63 +1,13 @@
-"""What a run reports: metrics.jsonl, loss.png, the progress bar, and throughput / MFU estimates."""
+"""What a run reports: the loss plot and the progress bar (the run directory, decoderlm.rundir,
+stores the metric records and the plot; throughput and MFU: mfu.py)."""
 
 from __future__ import annotations
 
-import functools
-import json
-import math
-import os
-import time
-from pathlib import Path
-
-import torch
-
-from decoderlm.checkpoint_io import bytes_writer, write_file_atomic
-
-METRICS_NAME = "metrics.jsonl"
-PLOT_NAME = "loss.png"
+import io
 
 
-class MetricsLog:
-    """Append-only JSON lines, one record per log or evaluation step."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / METRICS_NAME
-
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records the resumed run will write again (they came after the checkpoint)."""
-        if not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and _step_of(line) is not None and _step_of(line) <= step]
-        write_file_atomic(self.path, bytes_writer(("\n".join(kept) + "\n" if kept else "").encode()))
-
-    def write(self, record: dict) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
-
-    def read(self) -> list[dict]:
-        """The records, skipping a line cut short by a crash mid-write."""
-        if not self.path.is_file():
-            return []
-        return [r for r in map(_record, self.path.read_text().splitlines()) if r is not None]
-
-
-def _record(line: str) -> dict | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
-
-
-def _step_of(line: str) -> int | None:
-    record = _record(line)
-    return None if record is None else record["step"]
-
-
-def plot_losses(records: list[dict], out: Path, title: str = "") -> Path | None:
-    """Train and validation loss against step, written atomically to `out` (matplotlib, Agg)."""
+def plot_losses(records: list[dict], title: str = "") -> bytes | None:
+    """Train and validation loss against step as a PNG (matplotlib, Agg); None without records."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,69 +28,15 @@ def plot_losses(records: list[dict], out: Path, title: str = "") -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return png.getvalue()
 
 
-# -- throughput and model FLOPs utilisation ---------------------------------------------------------
-def flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token, PaLM's estimate: 6 N (forward + backward matmuls over the weights
-    that multiply, i.e. without the embedding lookup and learned positions) plus 12 L H D T for
-    attention scores and values."""
-    config = model.config
-    n = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("pos_emb"))
-    if not config.tie_embeddings:
-        n -= model.tok_emb.weight.numel()  # a lookup, not a matmul (a tied one is the head's too)
-    return 6.0 * n + 12.0 * config.n_layer * config.n_head * config.head_dim * seq_len
-
-
-@functools.lru_cache(maxsize=None)
-def measured_peak_flops(device_type: str, dtype_name: str) -> float:
-    """The matmul throughput of this machine in `dtype`, measured once per process (~0.3 s): the
-    denominator of MFU where no datasheet peak is known. Cached, so it is paid once."""
-    dtype = getattr(torch, dtype_name)
-    device = torch.device(device_type)
-    n = 1024 if device_type == "cpu" else 4096
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    best, reps = float("inf"), 3
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n**3 / best
-
-
-class Throughput:
-    """Tokens/s and MFU over the interval since the last report."""
-
-    def __init__(self, flops_per_token: float, peak_flops: float | None):
-        self.flops_per_token, self.peak = flops_per_token, peak_flops
-        self.reset()
-
-    def reset(self):
-        self.start, self.tokens = time.perf_counter(), 0
-
-    def add(self, tokens: int):
-        self.tokens += tokens
-
-    def report(self) -> tuple[float, float | None]:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.tokens / elapsed
-        mfu = rate * self.flops_per_token / self.peak if self.peak else None
-        self.reset()
-        return rate, mfu
-
-
-def progress_bar(total: int, initial: int, enabled: bool):
+def progress_bar(total: int, initial: int, enabled: bool, desc: str = "training", unit: str = "step",
+                 leave: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="training", unit="step", dynamic_ncols=True,
-                disable=not enabled, leave=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled,
+                leave=leave)

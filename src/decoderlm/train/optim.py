@@ -12,9 +12,6 @@ from torch import nn
 from decoderlm.config import TrainConfig
 from decoderlm.errors import DecoderLMError
 
-OPTIMIZERS = ("adamw", "adam", "muon")
-
-
 class OptimizerGroup:
     """Several torch optimisers stepped as one (Muon for hidden matrices + AdamW for the rest).
 
@@ -76,8 +73,6 @@ def is_muon_param(name: str, p: nn.Parameter) -> bool:
 
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
                     distributed_tensors: bool = False) -> OptimizerGroup:
-    if config.optimizer not in OPTIMIZERS:
-        raise DecoderLMError(f"train.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     adam = _adam_kwargs(config, device, distributed_tensors)
     if config.optimizer == "adam":
@@ -86,11 +81,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device,
     if config.optimizer == "adamw":
         return OptimizerGroup([torch.optim.AdamW(_decay_groups(params, config), lr=config.lr, **adam)])
 
-    if not hasattr(torch.optim, "Muon"):
-        raise DecoderLMError(f"train.optimizer=muon needs torch.optim.Muon (torch >= 2.9); "
-                             f"this is torch {torch.__version__}")
-    if distributed_tensors:
-        raise DecoderLMError("train.optimizer=muon does not support train.parallel=fsdp; use ddp or adamw")
+    # train.preflight has checked that torch has Muon and that it is not asked to shard (FSDP).
     hidden = [p for n, p in params if is_muon_param(n, p)]
     rest = [(n, p) for n, p in params if not is_muon_param(n, p)]
     if not hidden:

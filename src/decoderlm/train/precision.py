@@ -21,8 +21,6 @@ import copy
 import torch
 from torch import nn
 
-from decoderlm.errors import DecoderLMError
-
 
 class MasterWeights:
     def __init__(self, master: nn.Module, dtype: torch.dtype = torch.bfloat16):
@@ -47,12 +45,6 @@ class MasterWeights:
     def update_compute(self) -> None:
         """After an optimizer step: round the new fp32 weights into the bf16 model."""
         torch._foreach_copy_(self._compute_params, self._master_params)
-
-
-def check_master_weights(wanted: bool | None, world_size: int) -> None:
-    if wanted and world_size > 1:
-        raise DecoderLMError("train.master_weights is for single-process training; under torchrun leave it "
-                             "unset (bf16 autocast is used)")
 
 
 def use_master_weights(wanted: bool | None, amp_dtype: torch.dtype | None, device: torch.device,

@@ -1,34 +1,27 @@
-"""Setting up a run: the recipe with its overrides, the run directory, and the token data.
+"""Setting up a run: the recipe with its overrides, the run directory (decoderlm.rundir), and the
+token data.
 
 Everything that can be wrong with the user's input is checked before anything is written, so a
-bad command leaves the file system as it was. Data given as a source spec is prepared next to the
-run directory first and moved in only when it is complete.
+bad command leaves the file system as it was. Data given as a source spec is prepared inside the
+run directory under a temporary name and moved into place only when it is complete; an old run
+(--overwrite) is removed only then.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from decoderlm.checkpoint_io import CONFIG_NAME
-from decoderlm.config import Recipe, get_recipe
+from decoderlm import fileio
+from decoderlm.config import Recipe
 from decoderlm.data.shards import TokenData, prepare
 from decoderlm.errors import DecoderLMError
-from decoderlm.train import checkpoint
-from decoderlm.train.device import DTYPES
-from decoderlm.train.distributed import PARALLEL
-from decoderlm.train.optim import OPTIMIZERS
+from decoderlm.presets import get_recipe
+from decoderlm.rundir import RunDirectory
+from decoderlm.train import finetune
 from decoderlm.train.overrides import apply_overrides, parse_overrides
-from decoderlm.train.precision import check_master_weights
-from decoderlm.train.schedule import SCHEDULES, parse_duration
-
-SAMPLERS = ("random", "sequential")
+from decoderlm.train.preflight import check_can_train
 
 DEFAULT_PRESET = "shakespeare"
-DATA_LINK = "data.json"  # where the run's token data lives (relative to the run dir when inside it)
 
 
 def is_prepared(path: str | Path) -> bool:
@@ -36,126 +29,140 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *, overwrite: bool = False,
-            sync=lambda fn: fn()) -> tuple[Recipe, TokenData]:
-    """Check everything, then (rank 0, through `sync`) prepare data and create `out`."""
+            sync=lambda fn: fn(), mirror: str | None = None, init_from: str | None = None):
+    """Check everything, then (rank 0, through `sync`) lock `out`, prepare the data (downloads from
+    `mirror` if given) and record it. Rank 0 gets the locked run directory; the other ranks only read theirs.
+    `init_from`: start from that checkpoint's model, weights and tokenizer (decoderlm.train.finetune)."""
     overrides = parse_overrides(sets)
     recipe = apply_overrides(get_recipe(preset or DEFAULT_PRESET), overrides)
-    check_train_config(recipe)
+    init = None
+    if init_from is not None:
+        init = finetune.load_init(init_from)
+        recipe = finetune.init_recipe(recipe, overrides.get("model", {}), init, init_from)
+    check_can_train(recipe)
+    chat = None
+    if finetune.is_chat_data(data):
+        if init is None:
+            raise DecoderLMError(f"--data {data} is chat data: give the model to fine-tune with --init-from RUN_OR_HF_DIR")
+        chat = finetune.ChatPrep(data, recipe, init, init.path)  # rendered before anything is written
+        recipe = recipe.replace(model=recipe.model.replace(vocab_size=chat.vocab_size))
+        print(chat.summary)
     prepared = data is not None and is_prepared(data)
-    if data is not None and not prepared:
+    if data is not None and not prepared and chat is None:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
-    explicit_vocab = "vocab_size" in overrides.get("model", {})
+    if init is not None and chat is None and not prepared:  # new text in the checkpoint's own tokens
+        recipe = recipe.replace(data=recipe.data.replace(tokenizer=str(init.path)))
+    explicit_vocab = "vocab_size" in overrides.get("model", {}) or init is not None
+    run = RunDirectory(out)
 
     def create() -> None:  # on rank 0 only: other ranks would see the directory it creates
-        _check_new_out(out, overwrite)
-        if prepared:
-            _check_vocab(recipe, TokenData.open(data), True, Path(data))
-            _replace_out(out, link=str(Path(data).expanduser().resolve()))
-            return
-        out.parent.mkdir(parents=True, exist_ok=True)  # tokenize beside `out`; moved in once complete
-        staged = Path(tempfile.mkdtemp(prefix=f".{out.name}.data-", dir=out.parent))
+        nonlocal run
+        run = RunDirectory.create(out, overwrite=overwrite)
         try:
-            d = recipe.data
-            prepare(list(d.sources), d.tokenizer, staged / "data", vocab_size=d.vocab_size,
-                    val_fraction=d.val_fraction, seed=recipe.train.seed)
-            _check_vocab(recipe, TokenData.open(staged / "data"), explicit_vocab, staged / "data")
-            _replace_out(out, link="data", data_dir=staged / "data")
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+            if chat is not None:
+                _add_chat_data(run, chat)
+            else:
+                _add_data(run, recipe, data if prepared else None, explicit_vocab and init is None, mirror,
+                          strict=init is None)
+        except BaseException:
+            run.abandon()
+            raise
 
     sync(create)
-    token_data = TokenData.open(_data_path(out))
-    return _fit_vocab(recipe, token_data, explicit_vocab or prepared), token_data
+    if chat is not None:
+        return recipe, finetune.ChatData(run.data_path()), run
+    token_data = TokenData.open(run.data_path())
+    return _fit_vocab(recipe, token_data, explicit_vocab or prepared), token_data, run
 
 
-def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str]) -> tuple[Recipe, TokenData]:
-    """The recipe saved in `out` (train.* may be changed, e.g. to extend max_steps) and its data."""
-    if not (out / CONFIG_NAME).is_file():
-        raise DecoderLMError(f"cannot resume: {out} is not a run directory (no {CONFIG_NAME}); "
+def _add_chat_data(run: RunDirectory, chat) -> None:
+    staged = run.stage_data()
+    try:
+        chat.write(staged)
+        run.clear()
+        run.adopt_data(staged)
+    finally:
+        fileio.remove_tree(staged)
+
+
+def open_data(directory):
+    """The data of a run: chat examples or token data."""
+    return finetune.ChatData(directory) if finetune.is_chat_dir(directory) else TokenData.open(directory)
+
+
+def _add_data(run: RunDirectory, recipe: Recipe, prepared: str | None, explicit_vocab: bool,
+              mirror: str | None = None, strict: bool = True) -> None:
+    """Link prepared data, or prepare the recipe's sources inside the run; then clear an old run."""
+    if prepared is not None:
+        _check_vocab(recipe, TokenData.open(prepared), strict, Path(prepared))
+        run.clear()
+        run.link_data(Path(prepared).expanduser().resolve())
+        return
+    staged = run.stage_data()
+    try:
+        d = recipe.data
+        prepare(list(d.sources), d.tokenizer, staged, vocab_size=d.vocab_size, val_fraction=d.val_fraction,
+                seed=recipe.train.seed, mirror=mirror)
+        _check_vocab(recipe, TokenData.open(staged), explicit_vocab, run.path / "data")
+        run.clear()
+        run.adopt_data(staged)
+    finally:
+        fileio.remove_tree(staged)  # already moved in, unless something failed
+
+
+def resumed_run(out: Path, preset: str | None, data: str | None, sets: list[str],
+                sync=lambda fn: fn()) -> tuple[Recipe, TokenData, RunDirectory]:
+    """The recipe saved in `out` (train.* may be changed, e.g. to extend max_steps), its data, and
+    the run directory (locked by rank 0, through `sync`)."""
+    run = RunDirectory(out)
+    if not run.config_file.is_file():
+        raise DecoderLMError(f"cannot resume: {out} is not a run directory (no {run.config_file.name}); "
                              f"start it without --resume")
-    recipe = Recipe.load(out / CONFIG_NAME)
+    recipe = run.read_recipe()
     if preset is not None and preset != recipe.name:
         raise DecoderLMError(f"{out} was trained with preset {recipe.name!r}, not {preset!r}; drop --preset to resume")
     overrides = parse_overrides(sets)
     fixed = sorted(f"{s}.{k}" for s, values in overrides.items() if s != "train" for k in values)
     if fixed:
         raise DecoderLMError(f"cannot change {fixed[0]} when resuming; only train.* settings may change")
-    recipe = apply_overrides(recipe, overrides)
-    check_train_config(recipe)
-    if checkpoint.find_last(out) is None:
+    recipe, note = _extended_length(apply_overrides(recipe, overrides), overrides.get("train", {}))
+    check_can_train(recipe)
+    if run.last_checkpoint() is None:
         raise DecoderLMError(f"{out} has no checkpoint to resume (checkpoints/last is missing); "
                              f"start it again with --overwrite")
     if data is not None and not is_prepared(data):
         raise DecoderLMError(f"--data {data} is not a prepared data directory; to resume, give the run's "
                              f"data directory or leave --data out")
-    token_data = TokenData.open(data if data is not None else _data_path(out))
-    _check_vocab(recipe, token_data, True, token_data.directory)
-    return recipe, token_data
+    token_data = open_data(data if data is not None else run.data_path())
+    _check_vocab(recipe, token_data, recipe.train.init_from is None, token_data.directory)
+
+    def lock() -> None:  # rank 0 only: it also says once what the new length replaced
+        nonlocal run
+        run = RunDirectory.open_to_resume(out)
+        if note:
+            print(note, flush=True)
+
+    sync(lock)
+    return recipe, token_data, run
 
 
-def check_train_config(recipe: Recipe) -> None:
-    """Refuse a bad train section before anything is written (the loop would fail later)."""
-    cfg = recipe.train
-    for key, allowed in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("sampler", SAMPLERS),
-                         ("parallel", PARALLEL), ("dtype", DTYPES + ("fp32", "bf16"))):
-        if getattr(cfg, key) not in allowed:
-            raise DecoderLMError(f"train.{key} must be one of {', '.join(allowed)}; got {getattr(cfg, key)!r}")
-    parse_duration(cfg.time_budget)
-    positive = {"batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "max_steps": cfg.max_steps,
-                "epochs": cfg.epochs, "block_size": cfg.block_size, "log_every": cfg.log_every,
-                "max_bad_steps": cfg.max_bad_steps, "eval_batches": cfg.eval_batches, "save_every": cfg.save_every,
-                "stride": cfg.stride}
-    for key, value in positive.items():
-        if value is not None and value <= 0:
-            raise DecoderLMError(f"train.{key} must be positive, got {value}")
-    if cfg.block_size is not None and cfg.block_size > recipe.model.max_seq_len:
-        raise DecoderLMError(f"train.block_size {cfg.block_size} exceeds the model's context "
-                             f"(model.max_seq_len {recipe.model.max_seq_len})")
-    if cfg.lr < 0 or cfg.min_lr < 0 or cfg.eval_every < 0:
-        raise DecoderLMError("train.lr, train.min_lr and train.eval_every must not be negative")
-    check_master_weights(cfg.master_weights, int(os.environ.get("WORLD_SIZE", "1")))  # torchrun's
+def _extended_length(recipe: Recipe, train_overrides: dict) -> tuple[Recipe, str | None]:
+    """A run's length is the smaller of max_steps and epochs. On resume, a length the user sets now
+    (e.g. `--set train.max_steps=80` to extend a run that stopped at its 30 epochs) replaces the
+    saved one of the other kind, which would otherwise still win and silently end the run at once."""
+    given = [key for key in ("max_steps", "epochs") if train_overrides.get(key) is not None]
+    if len(given) != 1:
+        return recipe, None
+    other = "epochs" if given[0] == "max_steps" else "max_steps"
+    saved = getattr(recipe.train, other)
+    if saved is None:
+        return recipe, None
+    note = (f"note: train.{given[0]}={getattr(recipe.train, given[0])} replaces the run's train.{other}={saved} "
+            f"as its length (set both to keep the smaller)")
+    return recipe.replace(train=recipe.train.replace(**{other: None})), note
 
 
-def _replace_out(out: Path, link: str, data_dir: Path | None = None) -> None:
-    """Create the run directory (an old run is removed only now, with --overwrite) and record its data."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    if data_dir is not None:
-        data_dir.rename(out / "data")
-    (out / DATA_LINK).write_text(json.dumps({"path": link}) + "\n")
 
-
-def _data_path(out: Path) -> Path:
-    try:
-        link = json.loads((out / DATA_LINK).read_text())["path"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise DecoderLMError(f"{out}/{DATA_LINK} is missing or damaged; pass the run's data with --data DIR") from None
-    path = Path(link)
-    return path if path.is_absolute() else out / path
-
-
-def _check_new_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise DecoderLMError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise DecoderLMError(f"{out} already holds a run; continue it with --resume or replace it with --overwrite")
-        if not any((out / marker).exists() for marker in (CONFIG_NAME, "checkpoints", DATA_LINK)):
-            raise DecoderLMError(f"refusing to overwrite {out}: it is not a decoderlm run directory")
-    _check_writable(out)
-
-
-def _check_writable(out: Path) -> None:
-    """The nearest existing ancestor of `out` must let us create files."""
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    try:
-        probe = tempfile.mkdtemp(prefix=".decoderlm-probe-", dir=existing)
-        os.rmdir(probe)
-    except OSError as err:
-        raise DecoderLMError(f"cannot write to {out}: {err.strerror or err} ({existing})") from None
 
 
 def _check_vocab(recipe: Recipe, data: TokenData, strict: bool, where: Path) -> None:

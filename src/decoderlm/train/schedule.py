@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 
 from decoderlm.config import TrainConfig
-from decoderlm.errors import DecoderLMError
-
-SCHEDULES = ("cosine", "constant", "wsd")
 
 
 def lr_factor(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -24,9 +21,7 @@ def lr_factor(step: int, config: TrainConfig, total_steps: int) -> float:
     wsd:      warm-up, stable at 1, then a linear decay to `min_lr / lr` over the last
               `decay_fraction` of the steps (warmup-stable-decay).
     """
-    if config.schedule not in SCHEDULES:
-        raise DecoderLMError(f"train.schedule must be one of {SCHEDULES}, got {config.schedule!r}")
-    warmup = max(0, config.warmup_steps)
+    warmup = config.warmup_steps
     if step < warmup:
         start = config.warmup_start_factor
         return start + (1.0 - start) * step / warmup
@@ -54,20 +49,3 @@ def horizon(step: int, total_steps: int, time_fraction: float) -> int:
     if time_fraction <= 0.0 or step <= 0:
         return total_steps
     return max(step + 1, min(total_steps, int(step / min(1.0, time_fraction))))
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'90s', '10m', '1.5h', '2d' or plain seconds -> seconds (None stays None)."""
-    if text is None or text == "":
-        return None
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    raw = str(text).strip().lower()
-    scale = units.get(raw[-1:], None)
-    number = raw[:-1] if scale else raw
-    try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        raise DecoderLMError(f"train.time_budget {text!r} is not a duration; use e.g. 90s, 10m or 1h") from None
-    if seconds <= 0:
-        raise DecoderLMError(f"train.time_budget must be positive, got {text!r}")
-    return seconds

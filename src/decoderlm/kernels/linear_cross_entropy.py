@@ -1,11 +1,9 @@
 """The output head and the cross-entropy in one pass over chunks of rows.
 
 The plain way, `cross_entropy(lm_head(h).float(), y)`, materialises the (tokens, vocab) logits in
-float32 (64 MiB at 2,048 tokens x 8,192 words), then walks that array again for the softmax, for
-its gradient and for the casts between them. Arrays that large are also handed back to the
-operating system after every step and page-faulted in again on the next (glibc serves blocks
-over 32 MiB with mmap). Measured on this project's reference CPU, that path was about a quarter
-of an eager training step.
+float32, then walks that array again for the softmax, for its gradient and for the casts between
+them. Arrays that large are also handed back to the operating system after every step and
+page-faulted in again on the next (glibc serves blocks over 32 MiB with mmap).
 
 Here the head is applied to a few hundred rows at a time; each chunk's loss and its gradients
 (softmax minus one-hot, times the head's weight) are computed at once while the chunk is fresh,
@@ -13,9 +11,10 @@ so the full logits never exist and the backward pass only rescales the saved gra
 approach of Liger-Kernel's fused linear cross-entropy). torch has no such op, so it is written
 by hand. The head's weight gradient is summed over chunks in float32 and rounded once.
 
-The chunks pay on CPU in eager mode, where they were measured. Inside a compiled model, inductor
-fuses the plain head + cross-entropy itself (measured as fast, and a Python loop over chunks would
-be unrolled into the graph), and other devices were not measured: both take the plain path.
+The chunks pay on CPU in eager mode, where they were measured (docs/model.md). Inside a compiled
+model, inductor fuses the plain head + cross-entropy itself (measured as fast, and a Python loop
+over chunks would be unrolled into the graph), and other devices were not measured: both take the
+plain path.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from decoderlm.model.compiled_kernels import CompiledKernel
+from decoderlm.kernels.compiled import CompiledKernel
 
 CHUNK_BYTES = 16 << 20  # float32 logits per chunk: well under glibc's 32 MiB mmap threshold
 MAX_CHUNKS = 8  # large vocabularies: bigger chunks rather than many small matmuls
@@ -37,10 +36,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     `ignore_index` add nothing; if every row is ignored the loss is 0. Under autocast the head runs
     in the autocast dtype, as nn.Linear would.
     """
-    if torch.compiler.is_compiling() or hidden.device.type != "cpu":
-        valid = (targets != ignore_index).sum().clamp(min=1)
-        logits = F.linear(hidden, weight, bias).float()
-        return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum") / valid
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
         return _LinearCrossEntropy.apply(hidden, weight, bias, targets, ignore_index)
     dtype = _compute_dtype(hidden)
@@ -60,8 +55,10 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
 
 
-def chunk_rows(vocab_size: int) -> int:
-    return max(1, CHUNK_BYTES // (4 * vocab_size))
+def row_chunks(n_rows: int, vocab_size: int) -> list[slice]:
+    """The chunks of rows: CHUNK_BYTES of float32 logits each, or bigger to stay within MAX_CHUNKS."""
+    step = max(1, CHUNK_BYTES // (4 * vocab_size), -(-n_rows // MAX_CHUNKS))
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
 class _Rows:
@@ -77,9 +74,7 @@ class _Rows:
         self.scale = (valid.float() / valid.sum().clamp(min=1)).unsqueeze(1)  # d(mean loss) / d(row loss)
 
     def chunks(self):
-        n = self.hidden.shape[0]
-        step = max(chunk_rows(self.weight.shape[0]), -(-n // MAX_CHUNKS))
-        return [slice(start, start + step) for start in range(0, n, step)]
+        return row_chunks(self.hidden.shape[0], self.weight.shape[0])
 
 
 def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor):
@@ -93,7 +88,7 @@ def chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, scale: torc
     return loss, grad.to(logits.dtype)
 
 
-_chunk_kernel = CompiledKernel(chunk_loss_and_grad)
+chunk_kernel = CompiledKernel(chunk_loss_and_grad)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -113,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for chunk in rows.chunks():
                 h = rows.hidden[chunk]
                 logits = F.linear(h, w, rows.bias)  # (n, V) in the compute dtype
-                loss, grad_logits = _chunk_kernel(logits, rows.targets[chunk], rows.scale[chunk])
+                loss, grad_logits = chunk_kernel(logits, rows.targets[chunk], rows.scale[chunk])
                 total += loss
                 if want_bias:
                     grad_bias += grad_logits.float().sum(0)

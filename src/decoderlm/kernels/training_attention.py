@@ -1,10 +1,9 @@
 """Causal self-attention for training on CPU: torch's flash forward with a faster backward.
 
 On CPU, SDPA runs a flash-attention kernel whose forward is quick but whose backward is slow at
-the short sequences small models train on: measured on this project's reference CPU (2 cores with
-AMX, bf16, batch 8, 8 query / 4 key-value heads, sequence 256, head 64), forward 2.2 ms and
-backward 17 ms per layer. At these sizes the whole (T, T) score matrix is small, so the backward
-is cheaper as five batched matmuls plus two element-wise passes that inductor fuses: 7.5 ms.
+the short sequences small models train on. At those sizes the whole (T, T) score matrix is small,
+so the backward is cheaper as five batched matmuls plus two element-wise passes that inductor
+fuses (timings: docs/model.md).
 
 So training calls SDPA's own flash forward (which also returns each row's log-sum-exp) and this
 backward, which recomputes the probabilities from the log-sum-exp (FlashAttention-2's algorithm,
@@ -19,8 +18,8 @@ import math
 import torch
 
 from decoderlm.compile_support import can_compile
-from decoderlm.model import compiled_kernels
-from decoderlm.model.compiled_kernels import CompiledKernel
+from decoderlm.kernels import compiled
+from decoderlm.kernels.compiled import CompiledKernel
 
 # Above this many score elements per layer (batch * heads * T * T) the materialised scores would
 # cost more memory than they save time; SDPA's tiled kernel takes over.
@@ -34,7 +33,7 @@ def use_fast_backward(q: torch.Tensor, k: torch.Tensor, dropout: float) -> bool:
     bf16_on_cpu = q.device.type == "cpu" and q.dtype == torch.bfloat16
     training = torch.is_grad_enabled() and q.requires_grad and dropout == 0.0
     self_attention = k.shape[2] == T > 1  # not new tokens against a cache
-    worth_it = q.numel() >= compiled_kernels.MIN_ELEMENTS and B * H * T * T <= MAX_SCORE_ELEMENTS
+    worth_it = q.numel() >= compiled.MIN_ELEMENTS and B * H * T * T <= MAX_SCORE_ELEMENTS
     return (bf16_on_cpu and training and self_attention and worth_it
             and _flash_op() is not None and _compiler_ready())
 

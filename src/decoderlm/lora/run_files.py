@@ -1,0 +1,141 @@
+"""The adapters of a LoRA run on disk, and merging them into a normal run (a layout proposal for
+the trainer's wiring; the run directory's other files are the trainer's).
+
+    RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
+                               "lora": {rank, alpha, dropout, targets, head, rslora},
+                               "base": {"path": "/abs/base", "sha256": "<of its weight files>"}}
+    RUN/adapters.safetensors  the adapter tensors only ('blocks.0.attn.qkv.adapters.q.A', ...)
+
+The base (a decoderlm run or a Hugging Face directory) is referenced, not copied: a LoRA run is
+megabytes. Its weight files' sha256 is checked on load, so adapters never meet a base that changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json, read_safetensors
+from decoderlm.fileio import commit_files, json_writer, safetensors_writer
+from decoderlm.errors import DecoderLMError
+from decoderlm.lora.apply import apply_lora, lora_config_of
+from decoderlm.lora.config import LoRAConfig
+from decoderlm.lora.weights import load_lora_state_dict, lora_state_dict, merge_lora
+
+LORA_FILE, ADAPTERS_FILE = "lora.json", "adapters.safetensors"
+FORMAT, VERSION = "decoderlm-lora", 1
+
+
+@dataclass(frozen=True)
+class BaseReference:
+    """Where the base model is, and the sha256 of its weight files when the adapters were made."""
+    path: Path
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> "BaseReference":
+        directory = Path(path).resolve()
+        return cls(directory, weights_sha256(directory))
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "sha256": self.sha256}
+
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 over a checkpoint's weight files (model.safetensors, or the index and its shards),
+    each preceded by its name."""
+    if (directory / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    elif (directory / SHARDED_INDEX_NAME).is_file():
+        shards = read_json(directory / SHARDED_INDEX_NAME).get("weight_map", {})
+        files = [SHARDED_INDEX_NAME] + sorted(set(shards.values()) if isinstance(shards, dict) else ())
+    else:
+        raise DecoderLMError(f"{directory} has no {WEIGHTS_NAME} (nor {SHARDED_INDEX_NAME}); it is not a base model")
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode() + b"\0")
+        try:
+            with open(directory / Path(name).name, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as err:
+            raise DecoderLMError(f"cannot read {directory / name}: {err.strerror or err}") from None
+    return digest.hexdigest()
+
+
+def save_lora_run(run_dir: str | Path, model: torch.nn.Module, base: BaseReference) -> None:
+    """Write lora.json and adapters.safetensors into `run_dir`, atomically as a pair."""
+    config = lora_config_of(model)
+    if config is None:
+        raise DecoderLMError("the model has no LoRA adapters to save")
+    run = Path(run_dir)
+    info = {"format": FORMAT, "version": VERSION, "lora": config.to_dict(), "base": base.to_dict()}
+    commit_files([(run / LORA_FILE, json_writer(info)),
+                  (run / ADAPTERS_FILE, safetensors_writer(lora_state_dict(model), {"format": "pt"}))])
+
+
+def is_lora_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / LORA_FILE).is_file()
+
+
+def read_lora_run(run_dir: str | Path) -> tuple[LoRAConfig, BaseReference]:
+    """The LoRA settings and base reference of a run, checked; a run without adapters is one line."""
+    run = Path(run_dir)
+    if not is_lora_run(run):
+        raise DecoderLMError(f"{run} is not a LoRA run (it has no {LORA_FILE}): there are no adapters to use or merge")
+    info = read_json(run / LORA_FILE)
+    base = info.get("base") if isinstance(info.get("base"), dict) else {}
+    well_formed = (info.get("format") == FORMAT and info.get("version") == VERSION
+                   and isinstance(info.get("lora"), dict)
+                   and isinstance(base.get("path"), str) and isinstance(base.get("sha256"), str))
+    if not well_formed:
+        raise DecoderLMError(f"{run / LORA_FILE} is not a {FORMAT} version {VERSION} file; it is damaged or "
+                             f"from another program")
+    return LoRAConfig.from_dict(info["lora"]), BaseReference(Path(base["path"]), base["sha256"])
+
+
+def check_base(base: BaseReference, run: Path) -> None:
+    """One line if the base is gone or its weights changed since the adapters were trained."""
+    if not (base.path / CONFIG_NAME).is_file():
+        raise DecoderLMError(f"the base model of the LoRA run {run}, {base.path}, is gone; put it back there "
+                             f"(it is referenced, not copied)")
+    found = weights_sha256(base.path)
+    if found != base.sha256:
+        raise DecoderLMError(f"the base model {base.path} changed since the LoRA run {run} was trained "
+                             f"(sha256 {found[:12]}... instead of {base.sha256[:12]}...); its adapters belong "
+                             f"to the old weights")
+
+
+def load_lora_run(run_dir: str | Path, *, device=None, dtype=None, base_dtype: torch.dtype | None = None):
+    """The base (checked against its sha256) with the run's adapters applied, as a LanguageModel
+    in eval mode. base_dtype: hold the adapted layers' frozen weights in this dtype."""
+    from decoderlm.lm import load
+
+    run = Path(run_dir)
+    config, base = read_lora_run(run)
+    check_base(base, run)
+    adapters = read_safetensors(run / ADAPTERS_FILE)
+    lm = load(base.path, device=device, dtype=dtype)
+    apply_lora(lm.model, config, base_dtype=base_dtype)
+    load_lora_state_dict(lm.model, adapters, source=f"the adapters in {run}")
+    lm.model.eval()
+    return dataclasses.replace(lm, path=run)
+
+
+def merge_lora_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA run's adapters into its base and save the result as a normal run directory
+    (config.json, model.safetensors, tokenizer) in `out_dir`, which must be new or empty."""
+    from decoderlm.lm import LanguageModel
+
+    run, out = Path(run_dir), Path(out_dir)
+    read_lora_run(run)  # a run without adapters is refused before anything else
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DecoderLMError(f"{out} already exists and is not an empty directory; merge into a new directory")
+    lm = load_lora_run(run)
+    plain = merge_lora(lm.model)
+    merged = LanguageModel.from_model(plain, tokenizer=lm.tokenizer, recipe=lm.recipe)
+    return merged.save(out)
