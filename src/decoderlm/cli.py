@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from decoderlm.commands.generate import one_line_warnings
+
     try:
-        result = args.func(args)
+        with one_line_warnings():  # a library warning is one 'decoderlm: warning:' line, as errors are
+            result = args.func(args)
         sys.stdout.flush()  # inside the try: a reader that went away shows up here, not at exit
     except DecoderLMError as err:
         print(f"decoderlm: error: {err}", file=sys.stderr)

@@ -99,7 +99,7 @@ def load_model(args):
         raise DecoderLMError(f"{args.model} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
                              f"vocab.json + merges.txt); generation needs one to read and write text")
     args.draft_lm = None
-    if args.draft is not None:
+    if getattr(args, "draft", None) is not None:  # generate and chat have --draft; serve has not
         args.draft_lm = decoderlm.load(args.draft, device=args.device, dtype=dtype)
         if args.draft_lm.config.vocab_size != lm.config.vocab_size:
             raise DecoderLMError(f"--draft {args.draft} has a vocabulary of {args.draft_lm.config.vocab_size} tokens, "

@@ -24,7 +24,10 @@ def register(sub):
                    help="a Jinja chat template (transformers' format) for /v1/chat/completions")
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the directory's name)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, mps ...")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--dtype", default=None,
+                   help="float32, bfloat16 or float16 (default: bfloat16 where the CPU or GPU runs it natively)")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="quantize the linear layers' weights while loading (see `decoderlm quantize`)")
     p.set_defaults(func=serve_command)
 
 

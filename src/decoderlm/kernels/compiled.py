@@ -54,7 +54,7 @@ class CompiledKernel:
             return self._compiled(*args)
         except (TorchDynamoException, InductorError, OSError) as err:  # a broken toolchain: fn is exact
             self._failed = True
-            warnings.warn(f"decoderlm: compiling {self.fn.__name__} failed ({type(err).__name__}); "
+            warnings.warn(f"compiling {self.fn.__name__} failed ({type(err).__name__}); "
                           "running it uncompiled", stacklevel=2)
             return self.fn(*args)
 
