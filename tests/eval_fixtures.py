@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from conftest import one_torch_thread
 
 # Everything below runs offline: lm-eval and datasets must not try the Hub, and the Arrow caches
 # `datasets` builds from the local task files go to a temp dir, not the user's cache. (Read when
@@ -33,14 +34,9 @@ LIKELY = 3.0
 
 
 def one_thread():
-    """Tiny models: torch's thread pool costs more than it gains (and on a shared 2-core machine the
-    threads wait on each other), so these tests run torch on one thread and restore it after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """Tiny models run on one torch thread while an eval test module runs (a module fixture)."""
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def sentences(n: int, seed: int, lo: int = 3, hi: int = 10) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_torch_thread  # noqa: F401 - re-exported for the serve tests
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -70,18 +71,6 @@ def running_server(lm=None, **settings):
 
     with running(lm or decoderlm.load(tiny_run_dir()), **settings) as served:
         yield served
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Models this small run fastest on one thread (two threads wait on each other for every tiny op,
-    badly so on a busy machine); the previous setting comes back afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
