@@ -138,3 +138,35 @@ class ChatSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+def batch_parts(batch):
+    """(x, y, extras) of a sampler's batch: token windows are (x, y); chat batches carry positions
+    and the block-diagonal mask of packed rows too."""
+    if isinstance(batch, tuple):
+        return batch[0], batch[1], {}
+    return batch.idx, batch.targets, {"positions": batch.positions, "attention_mask": batch.attention_mask}
+
+
+def evaluate_chat(loss_of, batches, device) -> float:
+    """Mean loss per loss token (assistant tokens by default) over every held-out example, in order.
+    `loss_of(x, y, **extras)` is the model's mean cross-entropy on one batch. Each process computes
+    all of it (held-out chat sets are small), so no collective is needed."""
+    total, tokens = 0.0, 0
+    for batch in batches.in_order():
+        x, y, extras = batch_parts(batch)
+        kwargs = {k: v.to(device) for k, v in extras.items() if v is not None}
+        total += float(loss_of(x.to(device), y.to(device), **kwargs)) * batch.loss_tokens
+        tokens += batch.loss_tokens
+    return total / max(tokens, 1)
+
+
+def chat_template_for(data, init_from: str | None):
+    """The template the model chats with: the chat data's, else that of the checkpoint it started from."""
+    if isinstance(data, ChatData):
+        return data.chat_template
+    if init_from:
+        from decoderlm.chat import read_saved_template
+
+        return read_saved_template(init_from)
+    return None

@@ -249,7 +249,7 @@ class Trainer:
         lr_scale = lr_factor(c["step"], cfg, horizon(c["step"], self.total_steps,
                                                       c["elapsed"] / self.budget if self.budget else 0.0))
         set_lr(self.optimizer, lr_scale)
-        x, y, extras = _batch_parts(self.sampler.next_batch())
+        x, y, extras = finetune.batch_parts(self.sampler.next_batch())
         # Dropout's randomness from (seed, step, rank): resume needs no RNG state to be exact.
         torch.manual_seed(cfg.seed + 1_000_003 * (c["step"] + 1) + self.dist.rank)
         pieces = micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum, extras)
@@ -333,21 +333,15 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate_chat(self) -> float:
-        """Mean loss per loss token (assistant tokens by default) over every held-out example. Each
-        process computes all of it (held-out chat sets are small), so no collective is needed."""
-        total, tokens = 0.0, 0
+        def loss_of(x, y, **extras):
+            with autocast(self.device, self.autocast_dtype):
+                return self._cross_entropy(self.compute_model(x, y, **extras))
+
         self.wrapped.eval()
         try:
-            for batch in self._chat_batches(self.data.val).in_order():
-                x, y, extras = _batch_parts(batch)
-                kwargs = {k: v.to(self.device) for k, v in extras.items() if v is not None}
-                with autocast(self.device, self.autocast_dtype):
-                    ce = self._cross_entropy(self.compute_model(x.to(self.device), y.to(self.device), **kwargs))
-                total += float(ce) * batch.loss_tokens
-                tokens += batch.loss_tokens
+            return finetune.evaluate_chat(loss_of, self._chat_batches(self.data.val), self.device)
         finally:
             self.wrapped.train()
-        return total / max(tokens, 1)
 
     def _eval_batch(self, sampler) -> torch.Tensor:
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)
@@ -401,17 +395,8 @@ class Trainer:
             self.run.write_recipe(self.recipe)
             self.run.truncate_metrics(self.counters["step"])
         else:
-            self.run.write_model(self.recipe, weights, self.data.tokenizer, self._chat_template())
-
-    def _chat_template(self):
-        """The template the model chats with: the chat data's, else that of the checkpoint it started from."""
-        if self.chat:
-            return self.data.chat_template
-        if self.cfg.init_from:
-            from decoderlm.chat import read_saved_template
-
-            return read_saved_template(self.cfg.init_from)
-        return None
+            self.run.write_model(self.recipe, weights, self.data.tokenizer,
+                                 finetune.chat_template_for(self.data, self.cfg.init_from))
 
     def _log(self, record: dict) -> None:
         if self.dist.is_main:
@@ -445,14 +430,6 @@ class Trainer:
     def _checkpoint_bytes(self) -> int:
         """What one save writes: fp32 weights, two optimizer moments, the published weights."""
         return 4 * 4 * sum(p.numel() for p in self.model.parameters())
-
-
-def _batch_parts(batch):
-    """(x, y, extras) of a sampler's batch: token windows are (x, y); chat batches carry positions
-    and the block-diagonal mask of packed rows too."""
-    if isinstance(batch, tuple):
-        return batch[0], batch[1], {}
-    return batch.idx, batch.targets, {"positions": batch.positions, "attention_mask": batch.attention_mask}
 
 
 def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool):
