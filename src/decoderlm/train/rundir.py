@@ -48,6 +48,8 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
         recipe = recipe.replace(model=recipe.model.replace(vocab_size=chat.vocab_size))
         print(chat.summary)
     prepared = data is not None and is_prepared(data)
+    if init is not None and prepared:
+        finetune.check_data_tokenizer(TokenData.open(data).tokenizer, init, data, init_from)
     if data is not None and not prepared and chat is None:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
     if init is not None and chat is None and not prepared:  # new text in the checkpoint's own tokens
