@@ -13,7 +13,7 @@ from decoderlm import fileio
 from decoderlm.errors import DecoderLMError
 from decoderlm.lora.peft_format import CONFIG_FILE as PEFT_CONFIG_FILE
 from decoderlm.lora.run_files import LORA_FILE, BaseReference, is_lora_run, save_lora_run
-from decoderlm.lora.sources import is_peft_dir
+from decoderlm.lora.sources import has_adapters, is_peft_dir
 
 
 def refuse_output(out: Path) -> None:
@@ -27,7 +27,7 @@ def load_adapted(source: str | Path, *, merge: bool, dtype=None, base: str | Pat
     from decoderlm.lm import load
 
     path = Path(source)
-    if not (is_lora_run(path) or (path.is_dir() and is_peft_dir(path))):  # before a plain model is loaded
+    if not has_adapters(path):  # said before a plain model is loaded
         raise DecoderLMError(f"{source} is not a LoRA run (no {LORA_FILE}) nor a PEFT adapter directory (no "
                              f"{PEFT_CONFIG_FILE}): it has no adapters")
     return load(path, dtype=dtype, merge=merge, base=base)

@@ -61,6 +61,14 @@ def is_peft_dir(path: Path) -> bool:
     return (path / PEFT_CONFIG_FILE).is_file() and not (path / CONFIG_NAME).is_file()
 
 
+def has_adapters(path: str | Path) -> bool:
+    """Whether `path` is a LoRA run or a PEFT adapter directory (nothing is checked or loaded)."""
+    path = Path(path)
+    if path.is_file() and path.name in (LORA_FILE, ADAPTERS_FILE, PEFT_CONFIG_FILE):
+        path = path.parent
+    return is_lora_run(path) or (path.is_dir() and is_peft_dir(path))
+
+
 def find_adapters(path: Path, base: str | Path | None = None) -> AdapterSource | None:
     """The adapters at `path` (a LoRA run or a PEFT directory, or a file in one), base checked;
     None for anything else. `base` overrides a PEFT directory's base_model_name_or_path."""
