@@ -146,6 +146,9 @@ def test_bad_lora_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     (run / LORA_FILE).write_text(json.dumps(info | {"base": BaseReference.of(other).to_dict()}))
     _refused(capsys, "merge", run, "--out", out, match="made for a different base model")
     _refused(capsys, "generate", run, "--prompt", "the", match="made for a different base model")
+    assert _run(capsys, "quantize", base, "--bits", "8", "--out", tmp_path / "int8")[0] == 0
+    (run / LORA_FILE).write_text(json.dumps(info | {"base": BaseReference.of(tmp_path / "int8").to_dict()}))
+    _refused(capsys, "merge", run, "--out", out, match="is quantized; LoRA adapters need its floating-point weights")
     (run / LORA_FILE).write_text(json.dumps(info))
 
     torch.manual_seed(5)
