@@ -165,6 +165,23 @@ def test_bad_lora_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     _no_leftovers(tmp_path)
 
 
+def test_a_merge_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
+    from decoderlm.lora.convert import merge_adapters
+
+    base, run, out = _llama_base(tmp_path / "base"), tmp_path / "run", tmp_path / "out"
+    lora_run(base, run)
+
+    def disk_full(self, directory, format="native"):
+        (Path(directory) / "config.json").write_text("{}")  # part of the run is written, then the disk fills
+        raise decoderlm.DecoderLMError(f"cannot write {directory}/model.safetensors: No space left on device")
+
+    monkeypatch.setattr(LanguageModel, "save", disk_full)
+    with pytest.raises(decoderlm.DecoderLMError, match="No space left"):
+        merge_adapters(run, out)
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
 @pytest.fixture(scope="module")
 def tiny_lora(tmp_path_factory):
     """A LoRA run on the serving tests' trained tiny model (its template in the run), and its merge."""

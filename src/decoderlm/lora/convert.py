@@ -22,15 +22,19 @@ def refuse_output(out: Path) -> None:
         raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
 
 
+def require_adapters(source: str | Path) -> None:
+    """One line for a directory without adapters, said before a plain model is loaded."""
+    if not has_adapters(source):
+        raise DecoderLMError(f"{source} is not a LoRA run (no {LORA_FILE}) nor a PEFT adapter directory (no "
+                             f"{PEFT_CONFIG_FILE}): it has no adapters")
+
+
 def load_adapted(source: str | Path, *, merge: bool, dtype=None, base: str | Path | None = None):
     """decoderlm.load of a directory that must hold adapters; anything else is one line."""
     from decoderlm.lm import load
 
-    path = Path(source)
-    if not has_adapters(path):  # said before a plain model is loaded
-        raise DecoderLMError(f"{source} is not a LoRA run (no {LORA_FILE}) nor a PEFT adapter directory (no "
-                             f"{PEFT_CONFIG_FILE}): it has no adapters")
-    return load(path, dtype=dtype, merge=merge, base=base)
+    require_adapters(source)
+    return load(Path(source), dtype=dtype, merge=merge, base=base)
 
 
 def merge_adapters(source: str | Path, out_dir: str | Path, *, dtype=None):
@@ -38,6 +42,7 @@ def merge_adapters(source: str | Path, out_dir: str | Path, *, dtype=None):
     directory (config.json, model.safetensors, tokenizer, chat template) in `out_dir`, which must be
     new or empty. Returns the merged LanguageModel."""
     out = Path(out_dir)
+    require_adapters(source)
     refuse_output(out)
     lm = load_adapted(source, merge=True, dtype=dtype)
     from decoderlm.config import Recipe

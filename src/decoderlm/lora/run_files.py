@@ -1,5 +1,5 @@
-"""The adapters of a LoRA run on disk, and merging them into a normal run (a layout proposal for
-the trainer's wiring; the run directory's other files are the trainer's).
+"""The adapters of a LoRA run on disk (the layout the trainer writes; the run directory's other
+files are the trainer's), loaded back and merged into a normal run.
 
     RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
                                "lora": {rank, alpha, dropout, targets, head, rslora},
@@ -129,5 +129,6 @@ def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, dtype=None) -> P
     (see decoderlm.lora.convert.merge_adapters)."""
     from decoderlm.lora.convert import merge_adapters
 
-    read_lora_run(run_dir)
-    return merge_adapters(run_dir, out_dir, dtype=dtype)
+    read_lora_run(run_dir)  # a PEFT directory is not a LoRA run (merge_adapters takes both)
+    merge_adapters(run_dir, out_dir, dtype=dtype)
+    return Path(out_dir)
