@@ -167,7 +167,7 @@ def _with_adapters(model, recipe, base: Path, adapters) -> LanguageModel:
     tokenizer_dir = adapters.directory if _has_tokenizer(adapters.directory) else base
     tokenizer = _load_tokenizer(tokenizer_dir)
     size = getattr(tokenizer, "vocab_size", None)
-    if isinstance(size, int) and size > model.config.vocab_size:
+    if tokenizer_dir != base and isinstance(size, int) and size > model.config.vocab_size:
         raise DecoderLMError(f"the tokenizer of {tokenizer_dir} has {size} tokens but the base model {base} only "
                              f"{model.config.vocab_size}: LoRA adapters cannot add tokens to their base")
     template = read_saved_template(adapters.directory) or read_saved_template(base)
