@@ -1,5 +1,5 @@
-"""The adapters of a LoRA run on disk, and merging them into a normal run (a layout proposal for
-the trainer's wiring; the run directory's other files are the trainer's).
+"""The adapters of a LoRA run on disk (the layout the trainer writes; the run directory's other
+files are the trainer's), loaded back and merged into a normal run.
 
     RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
                                "lora": {rank, alpha, dropout, targets, head, rslora},
@@ -12,19 +12,18 @@ megabytes. Its weight files' sha256 is checked on load, so adapters never meet a
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json, read_safetensors
+from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json
 from decoderlm.fileio import commit_files, json_writer, safetensors_writer
 from decoderlm.errors import DecoderLMError
-from decoderlm.lora.apply import apply_lora, lora_config_of
+from decoderlm.lora.apply import lora_config_of
 from decoderlm.lora.config import LoRAConfig
-from decoderlm.lora.weights import load_lora_state_dict, lora_state_dict, merge_lora
+from decoderlm.lora.weights import lora_state_dict
 
 LORA_FILE, ADAPTERS_FILE = "lora.json", "adapters.safetensors"
 FORMAT, VERSION = "decoderlm-lora", 1
@@ -112,30 +111,24 @@ def check_base(base: BaseReference, run: Path) -> None:
 
 def load_lora_run(run_dir: str | Path, *, device=None, dtype=None, base_dtype: torch.dtype | None = None):
     """The base (checked against its sha256) with the run's adapters applied, as a LanguageModel
-    in eval mode. base_dtype: hold the adapted layers' frozen weights in this dtype."""
+    in eval mode (what `decoderlm.load(run_dir)` gives). base_dtype: hold the adapted layers'
+    frozen weights in this dtype."""
     from decoderlm.lm import load
+    from decoderlm.lora.apply import _hold_base_in as hold_base_in, lora_layers
 
-    run = Path(run_dir)
-    config, base = read_lora_run(run)
-    check_base(base, run)
-    adapters = read_safetensors(run / ADAPTERS_FILE)
-    lm = load(base.path, device=device, dtype=dtype)
-    apply_lora(lm.model, config, base_dtype=base_dtype)
-    load_lora_state_dict(lm.model, adapters, source=f"the adapters in {run}")
-    lm.model.eval()
-    return dataclasses.replace(lm, path=run)
+    read_lora_run(run_dir)  # a run without adapters is refused, not loaded as a plain checkpoint
+    lm = load(run_dir, device=device, dtype=dtype)
+    if base_dtype is not None:
+        for layer in lora_layers(lm.model).values():
+            hold_base_in(layer, base_dtype)
+    return lm
 
 
-def merge_lora_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, dtype=None) -> Path:
     """Merge a LoRA run's adapters into its base and save the result as a normal run directory
-    (config.json, model.safetensors, tokenizer) in `out_dir`, which must be new or empty."""
-    from decoderlm.lm import LanguageModel
+    (see decoderlm.lora.convert.merge_adapters)."""
+    from decoderlm.lora.convert import merge_adapters
 
-    run, out = Path(run_dir), Path(out_dir)
-    read_lora_run(run)  # a run without adapters is refused before anything else
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DecoderLMError(f"{out} already exists and is not an empty directory; merge into a new directory")
-    lm = load_lora_run(run)
-    plain = merge_lora(lm.model)
-    merged = LanguageModel.from_model(plain, tokenizer=lm.tokenizer, recipe=lm.recipe)
-    return merged.save(out)
+    read_lora_run(run_dir)  # a PEFT directory is not a LoRA run (merge_adapters takes both)
+    merge_adapters(run_dir, out_dir, dtype=dtype)
+    return Path(out_dir)
