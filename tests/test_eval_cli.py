@@ -53,6 +53,7 @@ def test_tasks_json_saved_and_shown_by_info(dirs, capsys):
     code, out, err = run_cli(["eval", run, "--tasks", "local_mc,local_gen", "--include-path", dirs["tasks"],
                               "--limit", 10, "--batch-size", 4, "--json", "--no-progress"], capsys)
     assert code == 0, err
+    assert "loglikelihood" not in err and "generate_until" not in err and "%|" not in err, err  # no bars
     results = json.loads(out)["results"]
     assert 0 <= results["local_mc"]["acc,none"] <= 1 and "exact_match,none" in results["local_gen"]
     saved = _eval_json(run)["tasks"]

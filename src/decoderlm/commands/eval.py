@@ -4,6 +4,7 @@ kept in its eval.json (shown by `decoderlm info RUN_DIR`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -99,12 +100,11 @@ def _tasks(lm, args) -> int:
     if not names:
         raise DecoderLMError("--tasks names no task")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the table
-    if args.no_progress:
-        _quiet_datasets()
     request = TaskRequest(tasks=names, include_path=args.include_path, num_fewshot=args.num_fewshot,
                           limit=args.limit, batch_size=args.batch_size or 8,
                           apply_chat_template=args.apply_chat_template)
-    results = run_tasks(lm, request)
+    with _no_progress_bars() if args.no_progress else contextlib.nullcontext():
+        results = run_tasks(lm, request)
     _save(lm, args, "tasks", task_scores(results))
     if args.json:
         shown = {key: results.get(key) for key in ("results", "groups", "n-shot", "n-samples", "versions")}
@@ -126,12 +126,33 @@ def _save(lm, args, section: str, entries: dict) -> None:
     print(f"decoderlm: results saved in {path}", file=sys.stderr)
 
 
-def _quiet_datasets() -> None:
-    try:
-        import datasets
-    except ImportError:
-        return
+@contextlib.contextmanager
+def _no_progress_bars():
+    """No progress bars from lm-eval, datasets or our model class while the tasks run. lm-eval has no
+    switch for its own bars (and tqdm reads TQDM_DISABLE only at import), so the two modules' `tqdm`
+    names are swapped for one that is always disabled, for the duration of the call."""
+    from unittest import mock
+
+    import datasets
+    import lm_eval.api.model
+    import lm_eval.api.task
+    from tqdm import tqdm
+
+    import decoderlm.evaluation.lm_eval_adapter as adapter
+
+    def silent(*args, **kwargs):
+        return tqdm(*args, **{**kwargs, "disable": True})
+
+    bars_were_on = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
+    try:
+        with contextlib.ExitStack() as patches:
+            for module in (lm_eval.api.model, lm_eval.api.task, adapter):
+                patches.enter_context(mock.patch.object(module, "tqdm", silent))
+            yield
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 def _plain(value):
