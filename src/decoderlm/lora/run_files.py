@@ -3,11 +3,16 @@ the trainer's wiring; the run directory's other files are the trainer's).
 
     RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
                                "lora": {rank, alpha, dropout, targets, head, rslora},
-                               "base": {"path": "/abs/base", "sha256": "<of its weight files>"}}
-    RUN/adapters.safetensors  the adapter tensors only ('blocks.0.attn.qkv.adapters.q.A', ...)
+                               "base": {"path": "/abs/base", "sha256": "<of its weight files>"},
+                               "new_tokens": {"start": V0, "vocab_size": V1}}   (only when tokens were added)
+    RUN/adapters.safetensors  the adapter tensors ('blocks.0.attn.qkv.adapters.q.A', ...), and with
+                              new_tokens the trained rows of tokens V0..V1-1 ('tok_emb.new_rows.weight',
+                              'lm_head.new_rows.weight' for an untied head; decoderlm.lora.token_rows)
 
 The base (a decoderlm run or a Hugging Face directory) is referenced, not copied: a LoRA run is
 megabytes. Its weight files' sha256 is checked on load, so adapters never meet a base that changed.
+A run the trainer wrote also holds its config.json, tokenizer and chat template; the loader uses
+that tokenizer and template (a chat fine-tune's, with the tokens it added) before the base's.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from decoderlm.fileio import commit_files, json_writer, safetensors_writer
 from decoderlm.errors import DecoderLMError
 from decoderlm.lora.apply import apply_lora, lora_config_of
 from decoderlm.lora.config import LoRAConfig
+from decoderlm.lora.token_rows import split_new_rows, write_new_rows
 from decoderlm.lora.weights import load_lora_state_dict, lora_state_dict, merge_lora
 
 LORA_FILE, ADAPTERS_FILE = "lora.json", "adapters.safetensors"
@@ -73,9 +79,29 @@ def save_lora_run(run_dir: str | Path, model: torch.nn.Module, base: BaseReferen
     if config is None:
         raise DecoderLMError("the model has no LoRA adapters to save")
     run = Path(run_dir)
-    info = {"format": FORMAT, "version": VERSION, "lora": config.to_dict(), "base": base.to_dict()}
+    info = lora_info(config, base)
     commit_files([(run / LORA_FILE, json_writer(info)),
                   (run / ADAPTERS_FILE, safetensors_writer(lora_state_dict(model), {"format": "pt"}))])
+
+
+def lora_info(config: LoRAConfig, base: BaseReference, new_tokens: tuple[int, int] | None = None) -> dict:
+    """lora.json's content; new_tokens: (first added id, vocabulary size) when the run added tokens."""
+    info = {"format": FORMAT, "version": VERSION, "lora": config.to_dict(), "base": base.to_dict()}
+    if new_tokens is not None:
+        info["new_tokens"] = {"start": new_tokens[0], "vocab_size": new_tokens[1]}
+    return info
+
+
+def read_new_tokens(run_dir: str | Path) -> tuple[int, int] | None:
+    """(first added id, vocabulary size) of a run that added tokens to its base's vocabulary, else None."""
+    run = Path(run_dir)
+    grown = read_json(run / LORA_FILE).get("new_tokens")
+    if grown is None:
+        return None
+    start, size = (grown.get("start"), grown.get("vocab_size")) if isinstance(grown, dict) else (None, None)
+    if not (isinstance(start, int) and isinstance(size, int) and 0 < start < size):
+        raise DecoderLMError(f"{run / LORA_FILE}: 'new_tokens' is damaged (expected start < vocab_size, whole numbers)")
+    return start, size
 
 
 def is_lora_run(run_dir: str | Path) -> bool:
@@ -118,12 +144,39 @@ def load_lora_run(run_dir: str | Path, *, device=None, dtype=None, base_dtype: t
     run = Path(run_dir)
     config, base = read_lora_run(run)
     check_base(base, run)
-    adapters = read_safetensors(run / ADAPTERS_FILE)
+    adapters, rows = split_new_rows(read_safetensors(run / ADAPTERS_FILE))
     lm = load(base.path, device=device, dtype=dtype)
+    _add_new_tokens(lm.model, read_new_tokens(run), rows, f"the adapters in {run}")
     apply_lora(lm.model, config, base_dtype=base_dtype)
     load_lora_state_dict(lm.model, adapters, source=f"the adapters in {run}")
     lm.model.eval()
-    return dataclasses.replace(lm, path=run)
+    return dataclasses.replace(lm, path=run, config=lm.model.config, **_own_tokenizer(run, lm))
+
+
+def _add_new_tokens(model, new_tokens: tuple[int, int] | None, rows: dict, source: str) -> None:
+    """Grow the base's vocabulary to the run's and write in the rows the run trained for its new tokens."""
+    from decoderlm.chat.vocab import resize_token_embeddings
+
+    if new_tokens is None:
+        if rows:
+            raise DecoderLMError(f"{source} hold new-token rows but lora.json names no new tokens; it is damaged")
+        return
+    start, size = new_tokens
+    if model.config.vocab_size != start:
+        raise DecoderLMError(f"{source} add tokens from id {start} on, but the base has {model.config.vocab_size} "
+                             f"tokens: they were made for another base model")
+    resize_token_embeddings(model, size)
+    write_new_rows(model, rows, start, source)
+
+
+def _own_tokenizer(run: Path, lm) -> dict:
+    """The run's own tokenizer and chat template, where the trainer saved them (a chat fine-tune's
+    has the tokens it added), else the base's."""
+    from decoderlm.chat.template import read_saved_template
+    from decoderlm.data.tokenizers import has_tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer(run) if has_tokenizer(run) else lm.tokenizer
+    return {"tokenizer": tokenizer, "chat_template": read_saved_template(run) or lm.chat_template}
 
 
 def merge_lora_run(run_dir: str | Path, out_dir: str | Path) -> Path:

@@ -25,9 +25,17 @@ from torch import nn
 class MasterWeights:
     def __init__(self, master: nn.Module, dtype: torch.dtype = torch.bfloat16):
         self.master = master
-        self.compute = copy.deepcopy(master).to(dtype)
-        self._master_params = list(master.parameters())  # the same order in both (ties included)
-        self._compute_params = list(self.compute.parameters())
+        # Frozen parameters (a LoRA run's base) are never updated, so they need no fp32 master: they
+        # are held once, in `dtype`, and shared by both models (the compute copy does not copy them).
+        frozen = [p for p in master.parameters() if not p.requires_grad]
+        with torch.no_grad():
+            for p in frozen:
+                p.data = p.data.to(dtype)  # in place: the layers that hold this parameter keep it
+        self.compute = copy.deepcopy(master, memo={id(p): p for p in frozen}).to(dtype)
+        # The trained parameters, in the same order in both (ties included).
+        pairs = [(m, c) for m, c in zip(master.parameters(), self.compute.parameters()) if m.requires_grad]
+        self._master_params = [m for m, _ in pairs]
+        self._compute_params = [c for _, c in pairs]
 
     def collect_grads(self) -> None:
         """After a backward pass: add the bf16 gradients into the fp32 masters' (accumulating over
