@@ -17,13 +17,14 @@ import decoderlm
 from decoderlm import DecoderLM, DecoderLMError, FinetuneConfig, ModelConfig, TrainConfig
 from decoderlm.bench.peers import SIZES
 from decoderlm.chat import ChatBatches
+from decoderlm.data.shards import TokenData
 from decoderlm.lora import lora_layers
 from decoderlm.lora.run_files import ADAPTERS_FILE, LORA_FILE, load_lora_run, read_new_tokens
 from decoderlm.train import lora as train_lora
 from decoderlm.train.finetune import ChatData, evaluate_chat
 from decoderlm.train.optim import build_optimizer
 from decoderlm.train.precision import MasterWeights
-from test_train_support import run_cli
+from test_train_support import char_data, run_cli  # noqa: F401
 
 CAPITALS = {"zorbia": "KLUM", "vendal": "ORPA", "mirrow": "TASK", "quelan": "BRIX"}
 QUIET = ["--no-progress", "--no-samples"]
@@ -254,3 +255,55 @@ def test_lora_settings_are_checked_like_the_others():
         FinetuneConfig(lora_targets="q,x")
     config = train_lora.lora_config(FinetuneConfig(lora_rank=4, lora_alpha=8, lora_targets="v,q,head", lora_rslora=True))
     assert config.targets == ("q", "v") and config.head and config.rslora and config.scale == pytest.approx(4.0)
+
+
+def test_two_ddp_processes_train_the_adapters_of_one_process(tmp_path, char_data):
+    """LoRA under torchrun (2 gloo processes, DDP) gives the adapters of one process with the same
+    global batch."""
+    import os
+    import subprocess
+
+    from test_train_support import PYTHON, tiny_sets
+
+    vocab = TokenData.open(char_data).meta["vocab_size"]
+    sets = tiny_sets(model__vocab_size=vocab, model__dropout=0.0, model__tie_embeddings="false",
+                     train__batch_size=8, train__max_steps=4, train__eval_every=2, train__eval_batches=1)
+    base = tmp_path / "base"
+    assert run_cli(["train", "--data", char_data, "--out", base, *QUIET, *sets, "--set", "train.max_steps=1"])[0] == 0
+    lora = [*QUIET, *sets, "--set", "finetune.lora_rank=2", "finetune.lora_targets=q,v,head"]
+    assert run_cli(["train", "--init-from", base, "--data", char_data, "--out", tmp_path / "one", *lora])[0] == 0
+    command = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "decoderlm",
+               "train", "--init-from", base, "--data", char_data, "--out", tmp_path / "two", *lora]
+    result = subprocess.run([str(a) for a in command], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _trained(tmp_path / "one"), _trained(tmp_path / "two")
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5, rtol=0) for k in one)
+    assert all(".adapters." in k for k in one)  # text data: no new tokens
+
+
+def test_fsdp_is_refused_with_lora():
+    from decoderlm.train.preflight import check_can_train
+
+    recipe = decoderlm.get_recipe("shakespeare")
+    recipe = recipe.replace(train=recipe.train.replace(parallel="fsdp"), finetune=FinetuneConfig(lora_rank=4))
+    with pytest.raises(DecoderLMError, match="train.parallel=fsdp is not supported with adapters"):
+        check_can_train(recipe, world_size=2)
+    check_can_train(recipe, world_size=1)  # one process: parallel is not used
+
+
+def test_a_full_fine_tune_can_start_from_a_lora_run(tied_base, chat_data, tmp_path):
+    """--init-from a LoRA run without LoRA: its adapters (and new rows) merged into its base."""
+    run = tmp_path / "lora"
+    assert run_cli(["train", "--init-from", tied_base, "--data", chat_data, "--out", run, *QUIET,
+                    "--set", "finetune.lora_rank=2", "train.max_steps=3", "train.dtype=float32", *FT_SETS])[0] == 0
+    full = tmp_path / "full"
+    assert run_cli(["train", "--init-from", run, "--data", chat_data, "--out", full, *QUIET,
+                    "--set", "train.max_steps=1", "train.dtype=float32", *FT_SETS])[0] == 0
+    step0 = json.loads((full / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    batch = ChatBatches(ChatData(full / "data").train, 64, 4, "packed", 1337).batch(0)
+    with torch.no_grad():
+        expected = float(load_lora_run(run).model(batch.idx, batch.targets, positions=batch.positions,
+                                                  attention_mask=batch.attention_mask))
+    assert step0 == pytest.approx(expected, rel=1e-5)
+    assert decoderlm.load(full).config.vocab_size == read_new_tokens(run)[1]  # the chat tokens came along
