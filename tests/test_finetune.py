@@ -160,3 +160,42 @@ def test_contradicting_model_setting_is_refused(base_run, tmp_path, capsys):
     code, _, err = run_cli(["train", "--init-from", base_run, "--data", data, "--out", tmp_path / "ft", *COMMON,
                             "--set", "model.n_layer=3"], capsys)
     assert code == 2 and "contradicts --init-from" in err and not (tmp_path / "ft").exists()
+
+
+@pytest.mark.parametrize("where, template, message", [
+    ("chat_template.jinja", "{{ raise_exception('this template takes no users') }}", "failed to render"),
+    ("chat_template.jinja", "{% for message in messages %}{{ message.content", "syntax error"),
+    ("tokenizer_config.json", "{{ messages[0].metadata.name }}", "failed to render"),  # an undefined thing
+])
+def test_a_template_that_fails_is_one_line_and_writes_nothing(base_run, tmp_path, capsys, where, template, message):
+    import shutil
+
+    init = tmp_path / "init"
+    shutil.copytree(base_run, init)
+    if where == "chat_template.jinja":
+        (init / where).write_text(template)
+    else:
+        config = init / where
+        entries = json.loads(config.read_text()) if config.is_file() else {}
+        config.write_text(json.dumps({**entries, "chat_template": template}))
+    data = _write_jsonl(tmp_path / "chat.jsonl", map(_chat, CAPITALS))
+    code, _, err = run_cli(["train", "--init-from", init, "--data", data, "--out", tmp_path / "ft", *COMMON], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "ft").exists()
+
+
+def test_prepared_data_of_another_tokenizer_is_refused(base_run, tmp_path, capsys):
+    from decoderlm.data.shards import prepare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 50)  # a char vocabulary in another order
+    other = prepare([str(corpus)], "char", tmp_path / "other", vocab_size=64, val_fraction=0.1, progress=False)
+    out = tmp_path / "ft"
+    out.mkdir()
+    code, _, err = run_cli(["train", "--init-from", base_run, "--data", other, "--out", out, *COMMON,
+                            "--set", "train.max_steps=1", *FT_SETS], capsys)
+    assert code == 2 and "prepared with another tokenizer" in err and len(err.strip().splitlines()) == 1, err
+    assert list(out.iterdir()) == []  # the empty --out it was given is left as it was
+    same = prepare([str(corpus)], str(base_run), tmp_path / "same", val_fraction=0.1, progress=False)
+    assert run_cli(["train", "--init-from", base_run, "--data", same, "--out", tmp_path / "ok", *COMMON,
+                    "--set", "train.max_steps=1", *FT_SETS])[0] == 0

@@ -13,35 +13,16 @@ import torch
 
 import decoderlm
 from decoderlm import DecoderLMError
-from decoderlm.lora import LoRAConfig, apply_lora, lora_state_dict
+from decoderlm.lora import LoRAConfig, apply_lora
 from decoderlm.lora.peft_format import export_peft_adapters, import_peft_adapters
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 transformers.logging.set_verbosity_error()
 
+from lora_support import PEFT_MODULES, hf_model, lora_model, make_hf_base, peft_save, tokens  # noqa: E402
+
 ATOL = 1e-5
-VOCAB, SEQ = 96, 12
-SMALL = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-             max_position_embeddings=32, bos_token_id=None, eos_token_id=None, pad_token_id=None,
-             tie_word_embeddings=False)
-PEFT_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def _hf_config(name):
-    T = transformers
-    return {
-        "llama-gqa": lambda: T.LlamaConfig(**SMALL, num_attention_heads=6, num_key_value_heads=2),
-        "qwen2": lambda: T.Qwen2Config(**SMALL, num_attention_heads=4, num_key_value_heads=2),
-        "mistral": lambda: T.MistralConfig(**SMALL, num_attention_heads=4, num_key_value_heads=1, sliding_window=None),
-    }[name]()
-
-
-def _perturb(params, seed, scale=0.1):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +32,7 @@ def bases(tmp_path_factory):
 
     def make(name):
         if name not in made:
-            made[name] = tmp_path_factory.mktemp(name)
-            torch.manual_seed(0)
-            model = transformers.AutoModelForCausalLM.from_config(_hf_config(name))
-            _perturb(model.parameters(), 1)  # non-trivial norms and biases too
-            model.save_pretrained(made[name])
+            made[name] = make_hf_base(name, tmp_path_factory.mktemp(name))
         return made[name]
     return make
 
@@ -70,34 +47,17 @@ def llama(bases):
     return bases("llama-gqa")
 
 
-def _tokens():
-    return torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(5))
-
-
-def _hf(directory):
-    return transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
-
-
-def _lora_model(directory, config, seed=3):
-    """decoderlm's model of the base with adapters whose A and B are random and non-zero."""
-    model = decoderlm.load(directory).model
-    apply_lora(model, config)
-    _perturb([p for p in model.parameters() if p.requires_grad], seed, scale=0.2)
-    assert all(t.abs().min() > 0 for name, t in lora_state_dict(model).items() if name.endswith(".B"))
-    return model.eval()
-
-
 @pytest.mark.parametrize("rslora,head", [(False, False), (True, False), (False, True)],
                          ids=["plain", "rslora", "with-head"])
 def test_our_adapters_load_in_peft(base, tmp_path, rslora, head):
     name, directory = base
     config = LoRAConfig(rank=4, alpha=12, rslora=rslora, head=head)
-    model = _lora_model(directory, config)
+    model = lora_model(directory, config)
     decoderlm.load(directory).save(tmp_path / "hf", format="hf")  # the base as decoderlm exports it
     export_peft_adapters(model, tmp_path / "adapters", base_name_or_path=str(tmp_path / "hf"))
 
-    plain = _hf(tmp_path / "hf")
-    idx = _tokens()
+    plain = hf_model(tmp_path / "hf")
+    idx = tokens()
     with torch.no_grad():
         before = plain(idx).logits
         peft_model = peft.PeftModel.from_pretrained(plain, tmp_path / "adapters").eval()
@@ -109,27 +69,17 @@ def test_our_adapters_load_in_peft(base, tmp_path, rslora, head):
     assert settings["use_rslora"] is rslora
 
 
-def _peft_save(directory, out, seed=7, **options):
-    """PEFT adapters on all seven projections with random non-zero A and B, saved to `out`."""
-    torch.manual_seed(seed)
-    settings = dict(r=4, lora_alpha=10, target_modules=PEFT_MODULES, lora_dropout=0.0) | options
-    peft_model = peft.get_peft_model(_hf(directory), peft.LoraConfig(**settings))
-    _perturb([p for n, p in peft_model.named_parameters() if "lora_" in n], seed, scale=0.2)
-    peft_model.save_pretrained(out)
-    return peft_model.eval()
-
-
 @pytest.mark.parametrize("options", [{}, {"use_rslora": True}, {"target_modules": PEFT_MODULES + ["lm_head"]}],
                          ids=["plain", "rslora", "with-head"])
 def test_peft_adapters_load_here(base, tmp_path, options):
     name, directory = base
-    peft_model = _peft_save(directory, tmp_path / "adapters", **options)
+    peft_model = peft_save(directory, tmp_path / "adapters", **options)
     model = decoderlm.load(directory).model
     config = import_peft_adapters(model, tmp_path / "adapters")
     assert config.rank == 4 and config.alpha == 10 and config.targets == LoRAConfig(rank=4).targets
     assert config.head == ("lm_head" in options.get("target_modules", []))
     assert config.rslora == options.get("use_rslora", False)
-    idx = _tokens()
+    idx = tokens()
     with torch.no_grad():
         theirs, ours = peft_model(idx).logits, model.eval()(idx)
         with peft_model.disable_adapter():
@@ -138,11 +88,11 @@ def test_peft_adapters_load_here(base, tmp_path, options):
 
 
 def test_mistral_adapters_and_a_subset_of_targets(bases, tmp_path):
-    peft_model = _peft_save(bases("mistral"), tmp_path / "adapters", target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = peft_save(bases("mistral"), tmp_path / "adapters", target_modules=["q_proj", "v_proj", "down_proj"])
     model = decoderlm.load(bases("mistral")).model
     config = import_peft_adapters(model, tmp_path / "adapters")
     assert config.targets == ("q", "v", "down")
-    idx = _tokens()
+    idx = tokens()
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(idx), peft_model(idx).logits, atol=ATOL, rtol=0)
 
@@ -163,7 +113,7 @@ def _rewrite_config(adapters, **changes):
 ])
 def test_unsupported_peft_options_are_one_line(llama, tmp_path, changes, message):
     directory = llama
-    _peft_save(directory, tmp_path / "adapters")
+    peft_save(directory, tmp_path / "adapters")
     _rewrite_config(tmp_path / "adapters", **changes)
     model = decoderlm.load(directory).model
     with pytest.raises(DecoderLMError, match=re.escape(message)) as err:
@@ -174,7 +124,7 @@ def test_unsupported_peft_options_are_one_line(llama, tmp_path, changes, message
 
 def test_adapters_of_another_base_are_refused(llama, tmp_path):
     directory = llama
-    _peft_save(directory, tmp_path / "adapters")
+    peft_save(directory, tmp_path / "adapters")
     other = decoderlm.DecoderLM(decoderlm.load(directory).config.replace(d_ff=64))
     with pytest.raises(DecoderLMError, match="made for a different base model: .*shape") as err:
         import_peft_adapters(other, tmp_path / "adapters")

@@ -94,7 +94,7 @@ def test_only_adapters_and_new_token_rows_train_and_are_saved(untied_base, chat_
     info = json.loads((out / LORA_FILE).read_text())
     assert info["base"]["path"] == str(untied_base.resolve()) and len(info["base"]["sha256"]) == 64
     assert read_new_tokens(out) == (decoderlm.load(untied_base).config.vocab_size, decoderlm.load(untied_base).config.vocab_size + 2)
-    lm = load_lora_run(out)
+    lm = decoderlm.load(out)  # the loader of LoRA runs (decoderlm.lora.sources)
     assert lora_layers(lm.model) and lm.config.vocab_size == read_new_tokens(out)[1]
     assert lm.tokenizer.vocab_size == lm.config.vocab_size and lm.chat_template is not None  # the run's own
     # ... and computes what the trainer evaluated: the held-out loss at the last (only) evaluation.
@@ -103,6 +103,12 @@ def test_only_adapters_and_new_token_rows_train_and_are_saved(untied_base, chat_
     with torch.no_grad():
         loss = evaluate_chat(lambda x, y, **extra: lm.model(x, y, **extra), batches, "cpu")
     assert len(val_loss) == 1 and loss == pytest.approx(val_loss[0], rel=1e-5)
+    idx = torch.tensor([[1, 2, lm.config.vocab_size - 2, 3, lm.config.vocab_size - 1]])  # with both new tokens
+    with torch.no_grad():  # merged (decoderlm merge, export): the new rows and the adapters in plain weights
+        torch.testing.assert_close(decoderlm.load(out, merge=True).model(idx), lm.model(idx), atol=1e-5, rtol=0)
+    code, stdout, _ = run_cli(["generate", out, "--chat", "--prompt", "zorbia", "--json", "--max-new-tokens", "4",
+                               "--temperature", "0"], capsys)
+    assert code == 0 and json.loads(stdout)["prompt_token_ids"][0] == lm.config.vocab_size - 2  # <|im_start|>
     # The base itself did not change, and the adapters moved away from their start.
     assert torch.equal(decoderlm.load(untied_base).model.blocks[0].attn.qkv.weight, lm.model.blocks[0].attn.qkv.weight)
     assert saved["blocks.0.attn.qkv.adapters.q.B"].abs().sum() > 0

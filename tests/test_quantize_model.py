@@ -49,6 +49,19 @@ def test_quantized_logits_stay_close_to_the_float_model(mode, tolerance):
     assert _logit_error(model, copy.deepcopy(quantized).to(torch.bfloat16)) < tolerance
 
 
+@pytest.mark.parametrize("mode, head_bits", [("int8", 8), ("int4", 8), ("int4", 16)])
+@torch.no_grad()
+def test_a_quantized_model_gives_the_loss_of_its_logits(mode, head_bits):
+    """model(idx, targets) works after quantization: held-out loss (eval, perplexity) needs it."""
+    spec = QuantSpec(8 if mode == "int8" else 4, None if mode == "int8" else 32, head_bits).validated()
+    quantized = quantize_model(tiny(tie=False), spec)
+    targets = IDS.roll(-1, dims=1)
+    targets[0, :3] = -100  # ignored positions count for nothing, as in training
+    logits = quantized(IDS).float()
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert float(quantized(IDS, targets)) == pytest.approx(float(expected), rel=1e-5)
+
+
 @pytest.mark.parametrize("make", [
     lambda lin: Int8Linear.from_linear(lin),
     lambda lin: Int4Linear.from_linear(lin, 32),

@@ -223,10 +223,7 @@ def replace_dir(staged: Path, target: Path, *, require_marker: bool = False) -> 
     """Swap the complete directory `staged` into place as `target` (fsynced first). A kill at any
     moment leaves `target` or `.NAME.old` complete (see recover_swap / complete_dir)."""
     with writing(target):
-        for root, _, files in os.walk(staged):
-            for file in files:
-                fsync_file(Path(root) / file)
-            fsync_dir(Path(root))
+        _fsync_tree(staged)
         recover_swap(target, require_marker=require_marker)
         old = _old(target)
         if old.exists() or old.is_symlink():  # not decoderlm's: renaming onto it could replace it
@@ -243,6 +240,33 @@ def replace_dir(staged: Path, target: Path, *, require_marker: bool = False) -> 
         fsync_dir(target.parent)
         shutil.rmtree(old, ignore_errors=True)
 
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for file in files:
+            fsync_file(Path(root) / file)
+        fsync_dir(Path(root))
+
+
+@contextlib.contextmanager
+def new_directory(target: Path):
+    """Build `target`, a directory that must not exist yet (or be empty), in a staged directory
+    beside it (yielded): renamed into place when the block ends, removed if the block fails, so
+    `target` appears whole or not at all. A non-empty `target` is refused, never replaced."""
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
+        raise DecoderLMError(f"{target} already exists and is not an empty directory; choose a new one")
+    staged = stage_dir(target)
+    try:
+        yield staged
+        with writing(target):
+            _fsync_tree(staged)
+            os.rename(staged, target)  # onto a missing or empty directory only: POSIX refuses a non-empty one
+            fsync_dir(target.parent)
+    except BaseException:
+        remove_tree(staged)
+        raise
 
 # -- the marker and the lock of a directory decoderlm owns --------------------------------------------
 def is_inside(root: Path, path: Path) -> bool:

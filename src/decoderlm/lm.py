@@ -34,6 +34,8 @@ class LanguageModel:
     source_format: str = "native"  # "native" | "hf": where it was loaded from
     path: Path | None = None  # the directory it was loaded from, if any
     chat_template: Any = None  # a decoderlm.chat.ChatTemplate: the run's chat_template.jinja or the HF checkpoint's
+    tokenizer_dir: Path | None = None  # where the tokenizer came from, when not `path` (a LoRA run's base)
+    adapters: Any = None  # a decoderlm.lora.sources.AdapterSource: the LoRA run or PEFT directory loaded
 
     def chat_renderer(self, template=None):
         """A `decoderlm.chat.ChatRenderer` for `template` (default: the model's own), or None when
@@ -45,7 +47,8 @@ class LanguageModel:
         template = template or self.chat_template
         if template is None or self.tokenizer is None:
             return None
-        return ChatRenderer(template, self.tokenizer, special_token_variables(self.tokenizer, self.path))
+        return ChatRenderer(template, self.tokenizer,
+                            special_token_variables(self.tokenizer, self.tokenizer_dir or self.path))
 
     @classmethod
     def from_model(cls, model: DecoderLM, tokenizer=None, recipe: Recipe | None = None,
@@ -64,6 +67,8 @@ class LanguageModel:
         native: config.json (the full recipe) + model.safetensors + the tokenizer's own files.
         hf: config.json + model.safetensors that transformers loads, plus tokenizer.json and
         tokenizer_config.json when there is a tokenizer.
+        A model with LoRA adapters is saved with them merged into its weights (a plain checkpoint;
+        decoderlm.lora.run_files and peft_format keep the adapters alone).
         """
         if format not in FORMATS:
             raise DecoderLMError(f"unknown save format {format!r}; choose one of: {', '.join(FORMATS)}")
@@ -78,26 +83,65 @@ class LanguageModel:
                 from decoderlm.interop.hf import write_hf_checkpoint
 
                 files = _hf_tokenizer_files(self.tokenizer, out, self.chat_renderer())
-                write_hf_checkpoint(native_state_dict(self.model), config, out, files, _special_ids(self.tokenizer))
+                write_hf_checkpoint(_plain_weights(self.model), config, out, files, _special_ids(self.tokenizer))
                 return out
             recipe = self.recipe or Recipe(name=out.name or "custom", description=_description(self), model=config)
             if recipe.model != config:  # the recipe must describe these weights
                 recipe = recipe.replace(model=config)
+            if self.adapters is not None:
+                recipe = recipe.replace(description=_description(self))
             extra = {"quantization": quantization.to_dict()} if quantization is not None else None
-            run.write_model(recipe, native_state_dict(self.model), self.tokenizer, self.chat_template, extra)
+            run.write_model(recipe, _plain_weights(self.model), self.tokenizer, self.chat_template, extra)
         return out
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, quantize=None) -> LanguageModel:
+         dtype: str | torch.dtype | None = None, quantize=None, merge: bool = False,
+         base: str | Path | None = None) -> LanguageModel:
     """Load a run directory or a Hugging Face checkpoint directory, in eval mode.
 
     device: default cpu. dtype: default float32 whatever the stored dtype (safe on every CPU), except
     for quantized models: bfloat16, the only dtype in which torch's quantized CPU kernels are fast.
     quantize: "int8" | "int4" | a QuantSpec to quantize the linear layers while loading (from the
     float32 weights; see decoderlm.quantize). A checkpoint saved quantized comes back quantized.
+
+    A LoRA run (lora.json) or a PEFT adapter directory (adapter_config.json) loads its base with the
+    adapters applied (decoderlm.lora.sources); its own tokenizer and chat template, if it has them,
+    else the base's. merge=True merges the adapters into the weights (a plain model, as fast as the
+    base, the same logits); quantize merges them first. base: the base model directory of PEFT
+    adapters whose adapter_config.json names none that exists here.
     """
-    directory = _checkpoint_dir(Path(path))
+    from decoderlm.lora.sources import find_adapters
+
+    adapters = find_adapters(Path(path), base)
+    directory = _checkpoint_dir(adapters.base if adapters is not None else Path(path))
+    model, recipe, source_format, saved_spec = _read_model(directory)
+    if adapters is not None:
+        model = adapters.attach(model, merge=merge or quantize is not None)
+    if quantize is not None:
+        if saved_spec is not None:
+            raise DecoderLMError(f"{directory} is already quantized ({saved_spec.label}); load it without quantize")
+        quantize_model(model, quantize)
+    quantized = quantization_of(model) is not None
+    if quantized:
+        _check_cpu_for_quantization(device)
+    dtype = _dtype(dtype, quantized)
+    try:
+        model.to(device=torch.device(device or "cpu"), dtype=dtype)
+    except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
+        raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
+    model.eval()
+    if adapters is not None:
+        return _with_adapters(model, recipe, directory, adapters)
+    from decoderlm.chat.template import read_saved_template
+
+    return LanguageModel(model=model, config=model.config, recipe=recipe, tokenizer=_load_tokenizer(directory),
+                         source_format=source_format, path=directory, chat_template=read_saved_template(directory))
+
+
+def _read_model(directory: Path) -> tuple[DecoderLM, Recipe | None, str, QuantSpec | None]:
+    """The model of a checkpoint directory, built in fp32 on the CPU with its weights (and the
+    layout of its saved quantization, if any); its recipe, format and quantization."""
     config_json = read_json(directory / CONFIG_NAME)
     from decoderlm.interop.hf import is_hf_config, read_hf_checkpoint
 
@@ -113,23 +157,24 @@ def load(path: str | Path, *, device: str | torch.device | None = None,
     if saved_spec is not None:
         prepare_layout(model, saved_spec)
     check_and_load(model, state, directory)
-    if quantize is not None:
-        if saved_spec is not None:
-            raise DecoderLMError(f"{directory} is already quantized ({saved_spec.label}); load it without quantize")
-        quantize_model(model, quantize)
-    quantized = quantization_of(model) is not None
-    if quantized:
-        _check_cpu_for_quantization(device)
-    dtype = _dtype(dtype, quantized)
-    try:
-        model.to(device=torch.device(device or "cpu"), dtype=dtype)
-    except (RuntimeError, AssertionError) as err:  # an unknown or unavailable device
-        raise DecoderLMError(f"cannot use device {device!r}: {str(err).splitlines()[0]}") from None
-    model.eval()
+    return model, recipe, source_format, saved_spec
+
+
+def _with_adapters(model, recipe, base: Path, adapters) -> LanguageModel:
+    """A LoRA run or PEFT directory: its tokenizer and chat template if it has them, else the base's."""
     from decoderlm.chat.template import read_saved_template
 
-    return LanguageModel(model=model, config=config, recipe=recipe, tokenizer=_load_tokenizer(directory),
-                         source_format=source_format, path=directory, chat_template=read_saved_template(directory))
+    tokenizer_dir = adapters.directory if _has_tokenizer(adapters.directory) else base
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    size = getattr(tokenizer, "vocab_size", None)
+    if tokenizer_dir != base and isinstance(size, int) and size > model.config.vocab_size:
+        raise DecoderLMError(f"the tokenizer of {tokenizer_dir} has {size} tokens but the base model {base} only "
+                             f"{model.config.vocab_size}: LoRA adapters cannot add tokens to their base (only a run whose "
+                             f"lora.json records the new_tokens it trained)")
+    template = read_saved_template(adapters.directory) or read_saved_template(base)
+    return LanguageModel(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer,
+                         source_format="peft" if adapters.kind == "peft" else "native", path=adapters.directory,
+                         chat_template=template, tokenizer_dir=tokenizer_dir, adapters=adapters)
 
 
 def _checkpoint_dir(path: Path) -> Path:
@@ -167,7 +212,16 @@ def _dtype(dtype: str | torch.dtype | None, quantized: bool = False) -> torch.dt
     return dtype
 
 
+def _plain_weights(model: DecoderLM) -> dict[str, torch.Tensor]:
+    """The weights to store: with LoRA adapters, merged into the base weights."""
+    from decoderlm.lora import lora_layers, merge_lora
+
+    return native_state_dict(merge_lora(model) if lora_layers(model) else model)
+
+
 def _description(lm: LanguageModel) -> str:
+    if lm.adapters is not None:
+        return lm.adapters.describe()
     if lm.source_format == "hf" and lm.path is not None:
         return f"imported from the Hugging Face checkpoint {lm.path}"
     return "saved with LanguageModel.save"
@@ -182,14 +236,16 @@ def _tokenizer_module():
     return tokenizers if hasattr(tokenizers, "load_tokenizer") else None
 
 
-def _load_tokenizer(directory: Path):
+def _has_tokenizer(directory: Path) -> bool:
     module = _tokenizer_module()
-    if module is None:
-        return None
     has = getattr(module, "has_tokenizer", None)
-    if has is not None and not has(directory):
+    return module is not None and (has is None or has(directory))
+
+
+def _load_tokenizer(directory: Path):
+    if not _has_tokenizer(directory):
         return None
-    return module.load_tokenizer(directory)
+    return _tokenizer_module().load_tokenizer(directory)
 
 
 def _hf_tokenizer_files(tokenizer, out: Path, chat=None) -> dict[str, bytes]:

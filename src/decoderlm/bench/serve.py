@@ -35,7 +35,7 @@ FULL = Setup(n_layer=6, d_model=512, n_head=8, n_kv_head=4, d_ff=1408, requests=
 QUICK = Setup(n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=176, requests=8, max_tokens=16, context=128)
 
 
-def small_llama(setup: Setup):
+def small_llama(setup: Setup, dtype: torch.dtype = torch.float32):
     """A Llama-style model (random weights: speed does not depend on them) with a character tokenizer."""
     from decoderlm import DecoderLM, ModelConfig
     from decoderlm.data.tokenizers import train_tokenizer
@@ -47,7 +47,8 @@ def small_llama(setup: Setup):
                          n_layer=setup.n_layer, n_head=setup.n_head, n_kv_head=setup.n_kv_head, d_ff=setup.d_ff,
                          position="rope", norm="rmsnorm", ffn="swiglu", qkv_bias=False, attn_out_bias=False,
                          mlp_bias=False, tie_embeddings=False)
-    return LanguageModel.from_model(DecoderLM(config).eval(), tokenizer)
+    model = DecoderLM(config).eval().to(dtype)
+    return LanguageModel.from_model(model, tokenizer)
 
 
 def prompts(count: int) -> list[str]:
@@ -91,10 +92,23 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 def run(quick: bool = False, setup: Setup | None = None) -> list[dict]:
-    from decoderlm.serve.server import running
+    """Both dtypes: bfloat16 is what `decoderlm serve` runs where the CPU computes it natively; float32
+    shows that batching leaves the text as it is (in bf16 a row's rounding depends on the batch it is in,
+    so greedy text on random weights, whose top logits nearly tie, can differ)."""
+    from decoderlm.generate.defaults import default_dtype
 
     setup = setup or (QUICK if quick else FULL)
-    lm = small_llama(setup)
+    rows = []
+    for dtype in dict.fromkeys([default_dtype("cpu"), torch.float32]):
+        rows += _measure_dtype(setup, dtype)
+    return rows
+
+
+def _measure_dtype(setup: Setup, dtype: torch.dtype) -> list[dict]:
+    from decoderlm.serve.server import running
+
+    lm = small_llama(setup, dtype)
+    name = str(dtype).removeprefix("torch.")
     bodies = [{"prompt": p, "max_tokens": setup.max_tokens, "temperature": 0, "ignore_eos": True}
               for p in prompts(setup.requests)]
     with running(lm, max_batch=CONCURRENCY) as (url, _):
@@ -102,7 +116,10 @@ def run(quick: bool = False, setup: Setup | None = None) -> list[dict]:
         alone, texts_alone = measure(url, bodies, 1)
         together, texts_together = measure(url, bodies, CONCURRENCY)
     alone["speed-up"], together["speed-up"] = 1.0, together["tokens/s"] / alone["tokens/s"]
-    model = f"{setup.n_layer}x{setup.d_model} llama, prompt ~{len(bodies[0]['prompt'])} tokens, {setup.max_tokens} new"
-    same = {"suite": "serve", "check": f"same text at concurrency {CONCURRENCY} as one at a time ({model})",
-            "result": texts_alone == texts_together}
-    return [alone, together, same]
+    for row in (alone, together):
+        row["mode"] = f"{name}, {row['mode']}"
+    model = f"{setup.n_layer}x{setup.d_model} llama in {name}, prompt ~{len(bodies[0]['prompt'])} tokens, {setup.max_tokens} new"
+    same = sum(a == b for a, b in zip(texts_alone, texts_together))
+    check = {"suite": "serve", "check": f"completions with the same text at concurrency {CONCURRENCY} as one at a "
+                                        f"time ({model})", "result": f"{same} of {len(bodies)}"}
+    return [alone, together, check]

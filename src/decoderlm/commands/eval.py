@@ -47,7 +47,7 @@ def eval_command(args) -> int:
     _check_flags(args)
     import decoderlm
 
-    lm = decoderlm.load(args.model, device=args.device, dtype=args.dtype)
+    lm = decoderlm.load(args.model, device=args.device, dtype=args.dtype, merge=True)  # a LoRA run: merged
     if lm.tokenizer is None:
         raise DecoderLMError(f"{args.model} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
                              f"vocab.json + merges.txt); evaluation needs one to read text")

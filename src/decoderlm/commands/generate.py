@@ -89,18 +89,20 @@ def sampling_kwargs(args) -> dict:
 
 def load_model(args):
     """The model to generate with (and the draft model, as args.draft_lm), in the command line's
-    default dtype: bfloat16 where the hardware runs it natively (decoderlm.generate.defaults)."""
+    default dtype: bfloat16 where the hardware runs it natively (decoderlm.generate.defaults). A LoRA
+    run's adapters are merged into the weights as it loads (decodes as fast as its base, with the
+    weights `decoderlm merge` writes); --quantize quantizes the merged weights."""
     import decoderlm
     from decoderlm.generate.defaults import default_dtype
 
     dtype = args.dtype or default_dtype(args.device)
-    lm = decoderlm.load(args.model, device=args.device, dtype=dtype, quantize=args.quantize)
+    lm = decoderlm.load(args.model, device=args.device, dtype=dtype, quantize=args.quantize, merge=True)
     if lm.tokenizer is None:
         raise DecoderLMError(f"{args.model} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
                              f"vocab.json + merges.txt); generation needs one to read and write text")
     args.draft_lm = None
     if getattr(args, "draft", None) is not None:  # generate and chat have --draft; serve has not
-        args.draft_lm = decoderlm.load(args.draft, device=args.device, dtype=dtype)
+        args.draft_lm = decoderlm.load(args.draft, device=args.device, dtype=dtype, merge=True)
         if args.draft_lm.config.vocab_size != lm.config.vocab_size:
             raise DecoderLMError(f"--draft {args.draft} has a vocabulary of {args.draft_lm.config.vocab_size} tokens, "
                                  f"the model {lm.config.vocab_size}; a draft must share the model's tokenizer")

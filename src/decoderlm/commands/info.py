@@ -65,10 +65,13 @@ def info(args) -> int:
 
     if Path(args.target).exists():
         from decoderlm.lm import load
+        from decoderlm.lora import merge_lora
 
         lm = load(args.target)
         config, model, recipe, title = lm.config, lm.model, lm.recipe, str(args.target)
-        if recipe is None:
+        if lm.adapters is not None:
+            title, model = _adapters_title(lm), merge_lora(lm.model)  # the breakdown of the merged model
+        elif recipe is None:
             title += " (a Hugging Face checkpoint: no training settings)"
     else:
         recipe = get_recipe(args.target)
@@ -81,6 +84,16 @@ def info(args) -> int:
     if Path(args.target).exists():
         _print_evaluations(lm)
     return 0
+
+
+def _adapters_title(lm) -> str:
+    from decoderlm.lora import lora_config_of, lora_state_dict
+
+    config = lora_config_of(lm.model)
+    targets = ",".join(config.targets + (("head",) if config.head else ()))
+    params = sum(t.numel() for t in lora_state_dict(lm.model).values())
+    return (f"{lm.path}: LoRA adapters (rank {config.rank}, alpha {config.alpha:g}, targets {targets}; "
+            f"{params:,} parameters) on the base {lm.adapters.base}")
 
 
 def _print_evaluations(lm) -> None:

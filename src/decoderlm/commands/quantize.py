@@ -32,7 +32,8 @@ def quantize_command(args) -> int:
     source, out = Path(args.model), Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
-    lm = decoderlm.load(source, dtype="float32")  # scales are computed from the float32 weights
+    # Scales are computed from the float32 weights (a LoRA run's with its adapters merged in).
+    lm = decoderlm.load(source, dtype="float32", merge=True)
     before = linear_weight_bytes(lm.model, torch.bfloat16)
     quantize_model(lm.model, spec)  # checks every layer before anything is written
     lm.save(out)

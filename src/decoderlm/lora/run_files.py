@@ -1,5 +1,5 @@
-"""The adapters of a LoRA run on disk, and merging them into a normal run (a layout proposal for
-the trainer's wiring; the run directory's other files are the trainer's).
+"""The adapters of a LoRA run on disk (the layout the trainer writes; the run directory's other
+files are the trainer's), loaded back and merged into a normal run.
 
     RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
                                "lora": {rank, alpha, dropout, targets, head, rslora},
@@ -17,20 +17,18 @@ that tokenizer and template (a chat fine-tune's, with the tokens it added) befor
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json, read_safetensors
+from decoderlm.checkpoint_io import CONFIG_NAME, SHARDED_INDEX_NAME, WEIGHTS_NAME, read_json
 from decoderlm.fileio import commit_files, json_writer, safetensors_writer
 from decoderlm.errors import DecoderLMError
-from decoderlm.lora.apply import apply_lora, lora_config_of
+from decoderlm.lora.apply import lora_config_of
 from decoderlm.lora.config import LoRAConfig
-from decoderlm.lora.token_rows import split_new_rows, write_new_rows
-from decoderlm.lora.weights import load_lora_state_dict, lora_state_dict, merge_lora
+from decoderlm.lora.weights import lora_state_dict
 
 LORA_FILE, ADAPTERS_FILE = "lora.json", "adapters.safetensors"
 FORMAT, VERSION = "decoderlm-lora", 1
@@ -138,57 +136,24 @@ def check_base(base: BaseReference, run: Path) -> None:
 
 def load_lora_run(run_dir: str | Path, *, device=None, dtype=None, base_dtype: torch.dtype | None = None):
     """The base (checked against its sha256) with the run's adapters applied, as a LanguageModel
-    in eval mode. base_dtype: hold the adapted layers' frozen weights in this dtype."""
+    in eval mode (what `decoderlm.load(run_dir)` gives). base_dtype: hold the adapted layers'
+    frozen weights in this dtype."""
     from decoderlm.lm import load
+    from decoderlm.lora.apply import _hold_base_in as hold_base_in, lora_layers
 
-    run = Path(run_dir)
-    config, base = read_lora_run(run)
-    check_base(base, run)
-    adapters, rows = split_new_rows(read_safetensors(run / ADAPTERS_FILE))
-    lm = load(base.path, device=device, dtype=dtype)
-    _add_new_tokens(lm.model, read_new_tokens(run), rows, f"the adapters in {run}")
-    apply_lora(lm.model, config, base_dtype=base_dtype)
-    load_lora_state_dict(lm.model, adapters, source=f"the adapters in {run}")
-    lm.model.eval()
-    return dataclasses.replace(lm, path=run, config=lm.model.config, **_own_tokenizer(run, lm))
+    read_lora_run(run_dir)  # a run without adapters is refused, not loaded as a plain checkpoint
+    lm = load(run_dir, device=device, dtype=dtype)
+    if base_dtype is not None:
+        for layer in lora_layers(lm.model).values():
+            hold_base_in(layer, base_dtype)
+    return lm
 
 
-def _add_new_tokens(model, new_tokens: tuple[int, int] | None, rows: dict, source: str) -> None:
-    """Grow the base's vocabulary to the run's and write in the rows the run trained for its new tokens."""
-    from decoderlm.chat.vocab import resize_token_embeddings
-
-    if new_tokens is None:
-        if rows:
-            raise DecoderLMError(f"{source} hold new-token rows but lora.json names no new tokens; it is damaged")
-        return
-    start, size = new_tokens
-    if model.config.vocab_size != start:
-        raise DecoderLMError(f"{source} add tokens from id {start} on, but the base has {model.config.vocab_size} "
-                             f"tokens: they were made for another base model")
-    resize_token_embeddings(model, size)
-    write_new_rows(model, rows, start, source)
-
-
-def _own_tokenizer(run: Path, lm) -> dict:
-    """The run's own tokenizer and chat template, where the trainer saved them (a chat fine-tune's
-    has the tokens it added), else the base's."""
-    from decoderlm.chat.template import read_saved_template
-    from decoderlm.data.tokenizers import has_tokenizer, load_tokenizer
-
-    tokenizer = load_tokenizer(run) if has_tokenizer(run) else lm.tokenizer
-    return {"tokenizer": tokenizer, "chat_template": read_saved_template(run) or lm.chat_template}
-
-
-def merge_lora_run(run_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, dtype=None) -> Path:
     """Merge a LoRA run's adapters into its base and save the result as a normal run directory
-    (config.json, model.safetensors, tokenizer) in `out_dir`, which must be new or empty."""
-    from decoderlm.lm import LanguageModel
+    (see decoderlm.lora.convert.merge_adapters)."""
+    from decoderlm.lora.convert import merge_adapters
 
-    run, out = Path(run_dir), Path(out_dir)
-    read_lora_run(run)  # a run without adapters is refused before anything else
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DecoderLMError(f"{out} already exists and is not an empty directory; merge into a new directory")
-    lm = load_lora_run(run)
-    plain = merge_lora(lm.model)
-    merged = LanguageModel.from_model(plain, tokenizer=lm.tokenizer, recipe=lm.recipe)
-    return merged.save(out)
+    read_lora_run(run_dir)  # a PEFT directory is not a LoRA run (merge_adapters takes both)
+    merge_adapters(run_dir, out_dir, dtype=dtype)
+    return Path(out_dir)

@@ -8,7 +8,7 @@ could hardly learn to end its turn. So in a LoRA run those rows train too, and o
 PEFT's `trainable_token_indices` does: the old rows stay frozen and the optimizer holds the new
 rows alone. They are saved beside the adapters ('tok_emb.new_rows.weight', and
 'lm_head.new_rows.weight' for an untied head); a loader grows the base's vocabulary and writes
-them in (`write_new_rows`).
+them in (`add_new_token_rows`).
 
 In training, the embedding and the head read their weight as the frozen matrix with its rows from
 `start` on replaced by the trainable ones (a `weight` property), so every layer that reads
@@ -108,17 +108,23 @@ def load_new_rows(model: nn.Module, rows: dict[str, torch.Tensor], source: str) 
 
 
 @torch.no_grad()
-def write_new_rows(model: nn.Module, rows: dict[str, torch.Tensor], start: int, source: str) -> None:
-    """Write saved rows into a plain DecoderLM whose vocabulary was grown to hold them (its rows from
-    `start` on): what a loader of a LoRA run does, so that the result is a plain model."""
-    head_key = "lm_head" + SUFFIX
+def add_new_token_rows(model: nn.Module, start: int, vocab_size: int, rows: dict[str, torch.Tensor],
+                       source: str) -> None:
+    """Grow a plain DecoderLM (the base, as loaded) from `start` to `vocab_size` tokens and write in
+    the rows a LoRA run trained for them, so the result is a plain model again. Everything is
+    checked before the model changes."""
+    from decoderlm.chat.vocab import resize_token_embeddings
+
+    if model.config.vocab_size != start:
+        raise DecoderLMError(f"{source} add tokens from id {start} on, but the base model has "
+                             f"{model.config.vocab_size} tokens: they were made for another base model")
     tied = model.lm_head.weight is model.tok_emb.weight
-    n, width = model.tok_emb.weight.shape[0] - start, model.tok_emb.weight.shape[1]
-    expected = {"tok_emb" + SUFFIX: (n, width)} | ({} if tied else {head_key: (n, width)})
-    _check(rows, expected, source)
+    shape = (vocab_size - start, model.tok_emb.weight.shape[1])
+    _check(rows, {"tok_emb" + SUFFIX: shape} | ({} if tied else {"lm_head" + SUFFIX: shape}), source)
+    resize_token_embeddings(model, vocab_size)
     model.tok_emb.weight[start:] = rows["tok_emb" + SUFFIX].to(model.tok_emb.weight.dtype)
     if not tied:
-        model.lm_head.weight[start:] = rows[head_key].to(model.lm_head.weight.dtype)
+        model.lm_head.weight[start:] = rows["lm_head" + SUFFIX].to(model.lm_head.weight.dtype)
 
 
 def _check(rows: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:

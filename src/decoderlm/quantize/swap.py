@@ -13,11 +13,26 @@ import torch
 from torch import nn
 
 from decoderlm.errors import DecoderLMError
+from decoderlm.model.transformer import Head
 from decoderlm.quantize.linear import Int4Linear, Int8Linear
 from decoderlm.quantize.spec import QuantSpec, parse_mode
 
 INT8_WIDTH_MULTIPLE = 16  # torch's bf16 int8 kernel reads past the end of other widths (measured: crashes)
 QUANTIZED = (Int8Linear, Int4Linear)
+
+
+# DecoderLM.forward(idx, targets) asks its head for the loss; a quantized head computes it as Head does.
+class Int8Head(Int8Linear):
+    loss = Head.loss
+
+
+class Int4Head(Int4Linear):
+    loss = Head.loss
+
+
+def _classes(full_name: str) -> tuple[type, type]:
+    """(int8 class, int4 class) for the layer called `full_name`."""
+    return (Int8Head, Int4Head) if full_name == "lm_head" else (Int8Linear, Int4Linear)
 
 
 def quantization_of(model: nn.Module) -> QuantSpec | None:
@@ -34,8 +49,9 @@ def quantize_model(model: nn.Module, mode="int8") -> nn.Module:
     spec = parse_mode(mode)
     if quantization_of(model) is not None:
         raise DecoderLMError(f"the model is already quantized ({quantization_of(model).label})")
-    for parent, attr, _, bits, linear in _plan(model, spec):
-        new = Int8Linear.from_linear(linear) if bits == 8 else Int4Linear.from_linear(linear, spec.group_size)
+    for parent, attr, full, bits, linear in _plan(model, spec):
+        int8, int4 = _classes(full)
+        new = int8.from_linear(linear) if bits == 8 else int4.from_linear(linear, spec.group_size)
         setattr(parent, attr, new)
     model.quantization = spec
     return model
@@ -43,13 +59,14 @@ def quantize_model(model: nn.Module, mode="int8") -> nn.Module:
 
 def prepare_layout(model: nn.Module, spec: QuantSpec) -> nn.Module:
     """Give a freshly built model the quantized layers of `spec` (empty), ready for load_state_dict."""
-    for parent, attr, _, bits, linear in _plan(model, spec):
+    for parent, attr, full, bits, linear in _plan(model, spec):
         dtype, device = linear.weight.dtype, linear.weight.device
         bias = linear.bias is not None
+        int8, int4 = _classes(full)
         if bits == 8:
-            new = Int8Linear(linear.in_features, linear.out_features, bias, dtype, device)
+            new = int8(linear.in_features, linear.out_features, bias, dtype, device)
         else:
-            new = Int4Linear(linear.in_features, linear.out_features, bias, spec.group_size, dtype, device)
+            new = int4(linear.in_features, linear.out_features, bias, spec.group_size, dtype, device)
         setattr(parent, attr, new)
     model.quantization = spec
     return model

@@ -67,6 +67,26 @@ def init_weights(model, recipe: Recipe) -> int:
     return base_vocab
 
 
+def check_data_tokenizer(data_tokenizer, lm, data_dir, init_path) -> None:
+    """Prepared token data given with --init-from must be in the checkpoint's tokens: ids from
+    another tokenizer would train the model on the wrong words without any error. The data's
+    vocabulary may be a part of the checkpoint's (one grown by special tokens, say)."""
+    ours, theirs = _vocabulary(lm.tokenizer), _vocabulary(data_tokenizer)
+    same = (ours is not None and theirs is not None and all(ours.get(t) == i for t, i in theirs.items())) or (
+        ours is None and theirs is None and lm.tokenizer.kind == data_tokenizer.kind
+        and lm.tokenizer.vocab_size == data_tokenizer.vocab_size)
+    if not same:
+        raise DecoderLMError(f"--data {data_dir} was prepared with another tokenizer ({data_tokenizer.kind}, "
+                             f"{data_tokenizer.vocab_size} tokens) than --init-from {init_path} "
+                             f"({lm.tokenizer.kind}, {lm.tokenizer.vocab_size} tokens): prepare it with "
+                             f"--tokenizer {init_path}")
+
+
+def _vocabulary(tokenizer) -> dict | None:
+    hf = getattr(tokenizer, "tok", None)  # a `tokenizers.Tokenizer`; tiktoken and toy have fixed vocabularies
+    return hf.get_vocab(with_added_tokens=True) if hf is not None else None
+
+
 def check_chat_settings(recipe: Recipe) -> None:
     d = recipe.data
     for key, allowed in (("loss_on", LOSS_ON), ("overflow", OVERFLOW), ("layout", LAYOUTS)):

@@ -50,6 +50,8 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
         print(chat.summary)
     train_lora.check_settings(recipe, init_from)
     prepared = data is not None and is_prepared(data)
+    if init is not None and prepared:
+        finetune.check_data_tokenizer(TokenData.open(data).tokenizer, init, data, init_from)
     if data is not None and not prepared and chat is None:
         recipe = recipe.replace(data=recipe.data.replace(sources=(data,)))
     if init is not None and chat is None and not prepared:  # new text in the checkpoint's own tokens
