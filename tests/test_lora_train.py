@@ -313,3 +313,39 @@ def test_a_full_fine_tune_can_start_from_a_lora_run(tied_base, chat_data, tmp_pa
                                                   attention_mask=batch.attention_mask))
     assert step0 == pytest.approx(expected, rel=1e-5)
     assert decoderlm.load(full).config.vocab_size == read_new_tokens(run)[1]  # the chat tokens came along
+
+
+@pytest.mark.slow  # a base pretrained in the test (800 steps) and two fine-tunes: about a minute of CPU
+def test_lora_reaches_the_held_out_accuracy_of_full_fine_tuning(tmp_path):
+    """The chat task of tests/chat_task.py ('uppercase this word', held-out words disjoint from the
+    training words), on a base pretrained here on the same exchanges written as plain text
+    ('[user\\nabc]\\n[assistant\\nABC]'): the fine-tunes must learn ChatML's new tokens in place of
+    the brackets (LoRA: through its trained new-token rows) and apply the rule to unseen words."""
+    import random
+    import string
+
+    from chat_task import heldout_accuracy, split_words, write_chat_jsonl
+
+    rng = random.Random(1)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=3)) for _ in range(4000)]
+    (tmp_path / "text.txt").write_text("".join(f"[user\n{w}]\n[assistant\n{w.upper()}]\n" for w in words))
+    base = tmp_path / "base"
+    assert run_cli(["train", "--data", tmp_path / "text.txt", "--tokenizer", "char", "--out", base, *QUIET, "--set",
+                    "model.max_seq_len=64", "model.d_model=64", "model.n_layer=2", "model.n_head=4",
+                    "model.n_kv_head=2", "model.position=rope", "train.max_steps=800", "train.batch_size=16",
+                    "train.lr=1e-2", "train.warmup_steps=20", "train.eval_every=0", "train.time_budget=none",
+                    "train.compile=false", "data.vocab_size=64", "data.val_fraction=0.05"])[0] == 0
+    train_words, held_out = split_words(2000, 50, seed=0)
+    data = write_chat_jsonl(tmp_path / "chat.jsonl", train_words)
+    accuracy = {}
+    for mode, sets in (("full", ["train.lr=3e-3"]), ("lora", ["finetune.lora_rank=8", "train.lr=1e-2"])):
+        out = tmp_path / mode
+        assert run_cli(["train", "--init-from", base, "--data", data, "--out", out, *QUIET, "--set",
+                        "train.max_steps=250", "train.batch_size=16", "train.warmup_steps=10", "train.eval_every=0",
+                        "train.time_budget=none", "train.compile=false", "data.val_fraction=0.02", *sets])[0] == 0
+        accuracy[mode] = (heldout_accuracy(out, held_out, weights_from=base), heldout_accuracy(out, held_out))
+    print("held-out accuracy (before -> after): " + ", ".join(f"{mode} {b:.0%} -> {a:.0%}"
+                                                               for mode, (b, a) in accuracy.items()))
+    (full_before, full), (lora_before, lora) = accuracy["full"], accuracy["lora"]
+    assert full_before <= 0.05 and lora_before <= 0.05  # the base cannot answer through ChatML
+    assert full >= 0.9 and lora >= full - 0.05
