@@ -77,31 +77,10 @@ class Trainer:
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 
-        torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        model = DecoderLM(recipe.model)
-        plain_flops = flops_per_token(model, self.block)
-        # LoRA: the base from init_from (also on resume: checkpoints hold the adapters only), frozen, with adapters.
-        self.lora = train_lora.LoRARun(recipe, run.path, resume) if recipe.finetune.lora else None
-        if self.lora:
-            self.lora.build(model)
-        elif cfg.init_from and not resume:
-            finetune.init_weights(model, recipe)
         self.counters = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "bad_steps": 0,
                          "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
-        saved = None
-        if resume:
-            weights, saved, where = run.load_last()
-            if self.lora:
-                train_lora.load_trainable_state(model, weights, f"the checkpoint {where}")
-            else:
-                check_and_load(model, weights, where)
-            self.counters.update({k: saved[k] for k in self.counters if k in saved})
-            if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
-                raise DecoderLMError(f"cannot resume: {run.path} is at step {self.counters['step']} but its length "
-                                     f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
-                                     f"set a larger train.max_steps")
+        model, saved = self._build_model(resume)
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
-        self.flops_per_token = train_lora.flops_per_token(model, plain_flops) if self.lora else plain_flops
         self.master = (MasterWeights(model, self.amp)
                        if use_master_weights(cfg.master_weights, self.amp, self.device, self.dist.enabled) else None)
         self.compute_model = self.master.compute if self.master else model
@@ -127,6 +106,34 @@ class Trainer:
                       f"are busy (re-checked every minute)", flush=True)
 
     # -- set-up helpers ---------------------------------------------------------------------------
+    def _build_model(self, resume: bool) -> tuple[DecoderLM, dict | None]:
+        """The model to train (with the checkpoint's weights on resume) and the checkpoint's training
+        state (None for a new run). A LoRA run's model is its base, from init_from also on resume
+        (its checkpoints hold the adapters only), frozen, with adapters (train/lora.py)."""
+        recipe, cfg = self.recipe, self.cfg
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        model = DecoderLM(recipe.model)
+        self.flops_per_token = flops_per_token(model, self.block)
+        self.lora = train_lora.LoRARun(recipe, self.run.path, resume) if recipe.finetune.lora else None
+        if self.lora:
+            self.lora.build(model)
+            self.flops_per_token = train_lora.flops_per_token(model, self.flops_per_token)
+        elif cfg.init_from and not resume:
+            finetune.init_weights(model, recipe)
+        if not resume:
+            return model, None
+        weights, saved, where = self.run.load_last()
+        if self.lora:
+            train_lora.load_trainable_state(model, weights, f"the checkpoint {where}")
+        else:
+            check_and_load(model, weights, where)
+        self.counters.update({k: saved[k] for k in self.counters if k in saved})
+        if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
+            raise DecoderLMError(f"cannot resume: {self.run.path} is at step {self.counters['step']} but its length "
+                                 f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
+                                 f"set a larger train.max_steps")
+        return model, saved
+
     @property
     def chat(self) -> bool:
         return isinstance(self.data, finetune.ChatData)

@@ -9,7 +9,9 @@ on this project's reference CPU (6x512 Llama, batch 8 x 256): 1.13x the autocast
 (docs/training.md).
 
 The fp32 model is the real one: the optimizer, gradient clipping and checkpoints see only it.
-The bf16 copy is derived from it after every update, so saving and resuming stay exact. Known
+The bf16 copy is derived from it after every update, so saving and resuming stay exact. Frozen
+parameters (a LoRA run's base) are never updated and get no fp32 master: both models share one
+bf16 copy. Known
 cost: the embedding's backward sums the gradients of repeated tokens in bf16 (about 0.1% off at a
 vocabulary of 8,192, more for character vocabularies); the loss curves above include that.
 """
