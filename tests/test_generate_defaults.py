@@ -5,8 +5,7 @@ import torch
 
 from decoderlm import DecoderLM, ModelConfig
 from decoderlm.compile_support import can_compile
-from decoderlm.generate.defaults import (COLD_MIN_TOKENS, WARM_MIN_TOKENS, announce_compile, choose_compile,
-                                         default_dtype, static_cache_length)
+from decoderlm.generate.defaults import PAYS_AFTER_TOKENS, choose_compile, default_dtype, static_cache_length
 from decoderlm.train.device import cpu_has_native_bf16
 
 
@@ -18,23 +17,27 @@ def model(tmp_path, monkeypatch):
 
 
 def test_explicit_choices_win(model):
-    assert choose_compile(True, model, 1, (1, 64)) is True
-    assert choose_compile(False, model, 10**6, (1, 64)) is False
+    assert choose_compile(True, model, 1) is True
+    assert choose_compile(False, model, 10**6) is False
 
 
 @pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
 def test_auto_compiles_only_when_it_pays(model, capsys):
-    shape = (1, 256)
-    assert not choose_compile(None, model, WARM_MIN_TOKENS, shape)  # never compiled here: a cold compile
-    assert choose_compile(None, model, COLD_MIN_TOKENS, shape)  # long enough to pay even a cold compile
-    assert not choose_compile(None, model, COLD_MIN_TOKENS, shape, num_beams=2)  # beam search stays eager
-    announce_compile(model, shape)  # what generate does before compiling: one line, and a marker
-    assert "about a minute the first time" in capsys.readouterr().err
-    assert choose_compile(None, model, WARM_MIN_TOKENS, shape)  # cached now: seconds, worth it
-    assert not choose_compile(None, model, WARM_MIN_TOKENS - 1, shape)
-    assert not choose_compile(None, model, WARM_MIN_TOKENS, (2, 256))  # another shape is another graph
-    announce_compile(model, shape)
-    assert "a few seconds, cached" in capsys.readouterr().err
+    assert not choose_compile(None, model, 256)  # a compile costs tens of seconds: eager wins
+    assert not choose_compile(None, model, PAYS_AFTER_TOKENS - 1)
+    assert choose_compile(None, model, PAYS_AFTER_TOKENS)  # long enough to pay for a compile
+    assert choose_compile(None, model, PAYS_AFTER_TOKENS // 8, batch_size=8)  # tokens in one call count
+    assert not choose_compile(None, model, PAYS_AFTER_TOKENS, num_beams=2)  # beam search stays eager
+    assert choose_compile(None, model, PAYS_AFTER_TOKENS, kind="speculative")
+
+
+def test_auto_reuses_a_step_compiled_in_this_process(model, monkeypatch, capsys):
+    from decoderlm.generate import compiled
+
+    assert not choose_compile(None, model, 1)
+    monkeypatch.setattr(compiled, "is_compiled", lambda m, fn=None: m is model)  # as after generate(compile=True)
+    assert choose_compile(None, model, 1)  # reusing it is free
+    assert not choose_compile(None, model, 1, kind="speculative")  # the plain step is not speculation's
 
 
 def test_cache_lengths_are_bucketed_and_the_cli_dtype_follows_the_hardware():

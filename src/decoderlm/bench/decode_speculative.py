@@ -55,22 +55,43 @@ def run(quick: bool) -> list[dict]:
     sampled = generate(target, start, 28, temperature=0.8, seed=0, compile=False)  # the model's own text
     copy_prompt = _copy_prompt(tokenizer, vocab, 48 if quick else 200)
     compiled = not quick  # --quick compiles nothing (tens of seconds each): eager, proving only that it runs
+    # Speculation keeps prompt, text and guesses in the context window (the quickstart's is 256 tokens).
+    room = target.config.max_seq_len - 8 - 1
+    n_own, n_copy = min(new_tokens, room - sampled.shape[1]), min(new_tokens, room - copy_prompt.shape[1])
     runs = {
-        "plain": lambda: generate(target, sampled, new_tokens, temperature=0, compile=compiled),
-        "draft model": lambda: generate(target, sampled, new_tokens, temperature=0, compile=compiled,
+        "plain": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled),
+        "draft model": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled,
                                         draft_model=draft),
-        "plain, copy prompt": lambda: generate(target, copy_prompt, new_tokens, temperature=0, compile=compiled),
-        "prompt lookup 8, copy prompt": lambda: generate(target, copy_prompt, new_tokens, temperature=0,
+        "plain, copy prompt": lambda: generate(target, copy_prompt, n_copy, temperature=0, compile=compiled),
+        "prompt lookup 8, copy prompt": lambda: generate(target, copy_prompt, n_copy, temperature=0,
                                                           compile=compiled, prompt_lookup=8),
     }
     outputs = {name: fn() for name, fn in runs.items()}  # also compiles
     seconds = alternate(runs, warmup=0, repeats=2 if quick else 3)
-    rate = {name: new_tokens / median(s) for name, s in seconds.items()}
+    counts = {"plain": n_own, "draft model": n_own, "plain, copy prompt": n_copy, "prompt lookup 8, copy prompt": n_copy}
+    rate = {name: counts[name] / median(s) for name, s in seconds.items()}
     draft_share = sum(p.numel() for p in draft.parameters()) / sum(p.numel() for p in target.parameters())
+    exact = _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy)
     rows = []
     for name, base in (("draft model", "plain"), ("prompt lookup 8, copy prompt", "plain, copy prompt")):
         rows.append({"suite": "generate", "table": TABLE, "models": origin, "contender": name,
                      "draft size / model size": draft_share if name == "draft model" else "",
-                     "new tok/s": rate[name], "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
-                     "same ids as plain greedy": bool(torch.equal(outputs[name], outputs[base]))})
+                     "new tokens": counts[name], "new tok/s": rate[name], "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
+                     "same ids as plain greedy (bf16)": bool(torch.equal(outputs[name], outputs[base])),
+                     "same ids as plain greedy (fp32)": exact[name]})
     return rows
+
+
+def _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy) -> dict[str, bool]:
+    """Speculative greedy equals plain greedy up to rounding: checked eagerly on float32 copies, where
+    verifying k + 1 positions at once does not part near-ties as bf16 rounding can."""
+    import copy
+
+    target32, draft32 = copy.deepcopy(target).float(), copy.deepcopy(draft).float()
+    plain = generate(target32, sampled, n_own, temperature=0, compile=False)
+    copied = generate(target32, copy_prompt, n_copy, temperature=0, compile=False)
+    return {"draft model": bool(torch.equal(plain, generate(target32, sampled, n_own, temperature=0, compile=False,
+                                                            draft_model=draft32))),
+            "prompt lookup 8, copy prompt": bool(torch.equal(copied, generate(target32, copy_prompt, n_copy,
+                                                                              temperature=0, compile=False,
+                                                                              prompt_lookup=8)))}

@@ -11,7 +11,7 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
 from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
-from decoderlm.generate.defaults import announce_compile, choose_compile, static_cache_length
+from decoderlm.generate.defaults import announce_compile, choose_compile
 from decoderlm.generate.model_calls import verify_logits
 from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
@@ -92,11 +92,9 @@ def _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile) -> Iterator
 
 
 def _choose_compile(compile, model, prompt, opts) -> bool:
-    shape = (prompt.shape[0], static_cache_length(model.config.max_seq_len, prompt.shape[1] + opts.max_new_tokens))
-    chosen = choose_compile(compile, model, opts.max_new_tokens, shape, opts.num_beams)
-    if chosen and opts.num_beams == 1 and opts.max_new_tokens and not is_compiled(model):
-        # compile=True was asked for (the command line says so itself): only the auto choice speaks.
-        announce_compile(model, shape, say=compile is None)
+    chosen = choose_compile(compile, model, opts.max_new_tokens, prompt.shape[0], opts.num_beams)
+    if chosen and compile is None and opts.num_beams == 1 and opts.max_new_tokens and not is_compiled(model):
+        announce_compile()  # compile=True was asked for (the command line says so itself)
     return chosen
 
 
@@ -105,12 +103,10 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     check_speculative(opts, prompt.shape[0], draft_model, prompt_lookup, model)
     if mask is not None:
         prompt = prompt[:, mask[0].bool()]
-    # The draft and verification steps are graphs of their own, so their on-disk marker is too.
-    kind = "lookup" if draft_model is None else f"draft {draft_model.config!r} {draft_model.tok_emb.weight.dtype}"
-    shape = (1, speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model))
-    chosen = choose_compile(compile, model, opts.max_new_tokens, shape, kind=kind)
-    if chosen and not is_compiled(model, verify_logits):
-        announce_compile(model, shape, kind, say=compile is None)
+    speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)  # it fits
+    chosen = choose_compile(compile, model, opts.max_new_tokens, kind="speculative")
+    if chosen and compile is None and not is_compiled(model, verify_logits):
+        announce_compile()
     compile = chosen
 
     def tokens():

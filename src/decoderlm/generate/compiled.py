@@ -42,7 +42,7 @@ def is_compiled(model, fn=_decode_step) -> bool:
 
 def compiled_step(model, fn=_decode_step):
     """`fn(model, *args)` compiled for `model` (default: the one-token decode step), compiled on first
-    use: tens of seconds on CPU the first time, a few once inductor's on-disk cache has the graph."""
+    use: tens of seconds on CPU in every new process (frozen graphs bypass inductor's on-disk cache)."""
     device = model.tok_emb.weight.device
     if not can_compile(device):
         raise DecoderLMError(f"compiled decoding is not available on {device.type} here "

@@ -1,12 +1,12 @@
 """The fast-by-default rules: when `generate` compiles on its own, and which dtype the command line uses.
 
-Compiling the decode step costs 40-80 s the first time on a 2-core CPU and a few seconds once
-inductor's on-disk cache holds the graph; it then saves several milliseconds per token. So with
-compile=None (the default) `generate` compiles when
-  * the step is already compiled for this model in this process (free), or
-  * it was compiled before on this machine for the same model shape, dtype and cache length (a
-    marker file in inductor's cache directory says so) and at least WARM_MIN_TOKENS new tokens are asked, or
-  * at least COLD_MIN_TOKENS new tokens are asked (long enough to pay even a cold compile).
+Compiling the decode step takes tens of seconds on a 2-core CPU, every time a process compiles it: the
+step freezes the weights into the graph (most of its speed), and inductor does not keep frozen graphs
+in its on-disk cache, so only the C++ builds are reused (docs/benchmarks.md has the measurements). It
+then saves a few milliseconds per token. So with compile=None (the default) `generate` compiles when
+  * the step is already compiled for this model in this process (free: a server, a chat session,
+    an evaluation reuse it), or
+  * at least PAYS_AFTER_TOKENS tokens are asked for in one call (batch x new tokens).
 Beam search, and devices where torch.compile cannot run, stay eager. compile=False never compiles,
 compile=True always does. The API never changes the caller's model dtype: the command line (and
 `LanguageModel`-level loading through it) picks bfloat16 where the hardware runs it natively.
@@ -14,18 +14,13 @@ compile=True always does. The API never changes the caller's model dtype: the co
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import sys
-from pathlib import Path
 
 import torch
 
-from decoderlm.compile_support import can_compile, use_persistent_cache
+from decoderlm.compile_support import can_compile
 
-WARM_MIN_TOKENS = 128
-COLD_MIN_TOKENS = 2048
+PAYS_AFTER_TOKENS = 16384
 STATIC_CACHE_BUCKET = 256  # compiled caches are rounded up to this, so nearby lengths share a graph
 
 
@@ -33,11 +28,10 @@ def static_cache_length(window: int, needed: int) -> int:
     return min(window, -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET)
 
 
-def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[int, int], num_beams: int = 1,
+def choose_compile(compile: bool | None, model, new_tokens: int, batch_size: int = 1, num_beams: int = 1,
                    kind: str = "step") -> bool:
     """Resolve compile=None (auto) as described above; True/False are returned as given.
-    shape: (batch size, static cache length), which with the model and `kind` (which compiled
-    functions: the plain step, or speculative decoding's with its draft) determine the graphs."""
+    kind: which compiled functions (the plain step, or speculative decoding's)."""
     if compile is not None:
         return bool(compile)
     device = model.tok_emb.weight.device
@@ -47,35 +41,13 @@ def choose_compile(compile: bool | None, model, new_tokens: int, shape: tuple[in
 
     if kind == "step" and is_compiled(model):
         return True
-    if new_tokens >= COLD_MIN_TOKENS:
-        return True
-    return new_tokens >= WARM_MIN_TOKENS and _marker(model, shape, kind).is_file()
+    return batch_size * new_tokens >= PAYS_AFTER_TOKENS
 
 
-def announce_compile(model, shape: tuple[int, int], kind: str = "step", say: bool = True) -> None:
-    """The one line shown before compiling (unless `say` is False: the caller asked for the compile
-    and announces it itself); records that this shape is now in the on-disk cache."""
-    marker = _marker(model, shape, kind)
-    how = "a few seconds, cached" if marker.is_file() else "about a minute the first time, then cached on disk"
-    if say:
-        print(f"decoderlm: compiling the decoding step ({how}; compile=False / --no-compile skips it)",
-              file=sys.stderr, flush=True)
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:  # a read-only home: auto-compile just stays conservative
-        pass
-
-
-def _marker(model, shape: tuple[int, int], kind: str) -> Path:
-    """A file named after what determines the compiled graph: torch, model config, dtype, layers."""
-    use_persistent_cache()
-    p = model.tok_emb.weight
-    quantization = getattr(model, "quantization", None)
-    key = json.dumps([torch.__version__, kind, repr(model.config), str(p.dtype), p.device.type, list(shape),
-                      None if quantization is None else quantization.label], sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "decoderlm-compiled" / digest
+def announce_compile() -> None:
+    """The one line shown before the auto choice compiles (compile=True callers announce it themselves)."""
+    print("decoderlm: compiling the decoding step (tens of seconds; compile=False / --no-compile skips it)",
+          file=sys.stderr, flush=True)
 
 
 def default_dtype(device: torch.device | str | None) -> torch.dtype:
