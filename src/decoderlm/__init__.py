@@ -1,13 +1,13 @@
 """decoderlm: build, train and run decoder-only transformer language models."""
 
-from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig
+from decoderlm.config import DataConfig, FinetuneConfig, ModelConfig, Recipe, TrainConfig
 from decoderlm.errors import DecoderLMError
 from decoderlm.presets import get_recipe, preset_names
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DataConfig", "DecoderLM", "DecoderLMError", "KVCache", "ModelConfig", "Recipe", "TrainConfig",
+    "DataConfig", "DecoderLM", "DecoderLMError", "FinetuneConfig", "KVCache", "ModelConfig", "Recipe", "TrainConfig",
     "get_recipe", "preset_names", "load",
 ]
 

@@ -1,6 +1,7 @@
 """Configuration dataclasses: `ModelConfig` describes the architecture, `TrainConfig` the
-optimisation, `DataConfig` where tokens come from, and a `Recipe` names a set of the three (the
-presets in `decoderlm/presets/` are recipes).
+optimisation, `DataConfig` where tokens come from, `FinetuneConfig` how a model started with
+`--init-from` is fine-tuned (every weight, or LoRA adapters), and a `Recipe` names a set of them
+(the presets in `decoderlm/presets/` are recipes).
 
 Every field has a default so a config file may omit what it does not change; `from_dict` refuses
 keys it does not know, so a typo is an error instead of a silent default. Every value is checked
@@ -316,6 +317,35 @@ class DataConfig(_Section):
 
 
 @dataclass
+class FinetuneConfig(_Section):
+    """Fine-tuning a model started with `--init-from`: every weight trains, or (lora_rank set) only
+    low-rank adapters on a frozen base (decoderlm.lora; docs/finetuning.md, "LoRA")."""
+
+    SECTION: ClassVar[str] = "finetune"
+
+    lora_rank: int | None = setting(None, SIZE)  # None: full fine-tuning; R: LoRA adapters of rank R
+    lora_alpha: float = setting(16.0, POSITIVE)  # the adapters' scale is alpha / rank
+    lora_dropout: float = setting(0.0, UNIT_OPEN)  # on the adapters' input
+    lora_targets: str = "q,k,v,o,gate,up,down"  # attention q/k/v/o, feed-forward gate/up/down; "head" adds the head
+    lora_rslora: bool = False  # scale alpha / sqrt(rank) (rank-stabilised LoRA)
+    lora_base_dtype: str = setting("float32", ("float32", "bfloat16", "fp32", "bf16"))  # the adapted layers' frozen weights
+
+    def validate(self) -> None:
+        from decoderlm.lora.config import parse_targets  # a leaf module: errors only
+
+        self._check_fields()
+        try:
+            parse_targets(self.lora_targets)
+        except DecoderLMError as err:
+            hint = ", or head (the output head)" if "choose from" in str(err) else ""
+            raise DecoderLMError(f"finetune.lora_targets={self.lora_targets!r}: {err}{hint}") from None
+
+    @property
+    def lora(self) -> bool:
+        return self.lora_rank is not None
+
+
+@dataclass
 class Recipe(_Section):
     """A named, complete recipe: the architecture, how to train it, and on what."""
 
@@ -326,6 +356,7 @@ class Recipe(_Section):
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def validate(self) -> None:
         """The sections checked themselves when they were made; what is left ties them together."""
@@ -335,13 +366,16 @@ class Recipe(_Section):
             (self.train.block_size is None or self.train.block_size <= self.model.max_seq_len,
              f"train.block_size {self.train.block_size} exceeds the model's context "
              f"(model.max_seq_len {self.model.max_seq_len})"),
+            (not (self.finetune.lora and self.train.optimizer == "muon"),
+             "train.optimizer=muon is not supported with LoRA (finetune.lora_rank): Muon orthogonalises whole "
+             "weight matrices, not low-rank adapters; use adamw"),
         ])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
         if "model" not in data:
             raise DecoderLMError("the config has no 'model' section; is it a decoderlm config.json?")
-        sections = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+        sections = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "finetune": FinetuneConfig}
         for name in sections:
             if not isinstance(data.get(name, {}), dict):
                 raise DecoderLMError(f"the config's '{name}' section must be an object of settings, "

@@ -169,7 +169,8 @@ def _with_adapters(model, recipe, base: Path, adapters) -> LanguageModel:
     size = getattr(tokenizer, "vocab_size", None)
     if tokenizer_dir != base and isinstance(size, int) and size > model.config.vocab_size:
         raise DecoderLMError(f"the tokenizer of {tokenizer_dir} has {size} tokens but the base model {base} only "
-                             f"{model.config.vocab_size}: LoRA adapters cannot add tokens to their base")
+                             f"{model.config.vocab_size}: LoRA adapters cannot add tokens to their base (only a run whose "
+                             f"lora.json records the new_tokens it trained)")
     template = read_saved_template(adapters.directory) or read_saved_template(base)
     return LanguageModel(model=model, config=model.config, recipe=recipe, tokenizer=tokenizer,
                          source_format="peft" if adapters.kind == "peft" else "native", path=adapters.directory,

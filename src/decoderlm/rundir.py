@@ -4,12 +4,15 @@
       .decoderlm            marker and lock (decoderlm.fileio): decoderlm made this run; one writer at a time
       config.json           the full recipe (model + train + data)
       model.safetensors     the published weights: the best so far, or the last without evaluation
+      lora.json             a LoRA run instead has these two (decoderlm.lora.run_files): its settings and
+      adapters.safetensors  base (path + sha256), and its published adapters; the base is not copied
       tokenizer files       tokenizer.json + tokenizer_config.json, or the tokenizer's own files
       chat_template.jinja   the chat template, for a chat fine-tune or a model started from one that has it
       data.json             where the token data is: {"path": "data"} inside the run, or an absolute path
       data/                 token data prepared for this run (a data directory of its own)
       checkpoints/last/     model.safetensors + train_state.pt, replaced as one directory
       checkpoints/best/     model.safetensors of the best validation loss
+                            (in a LoRA run, model.safetensors holds the trained tensors only: the adapters)
       metrics.jsonl         one JSON record per logged or evaluated step
       loss.png              train and validation loss against step
 
@@ -34,6 +37,7 @@ from decoderlm.checkpoint_io import CONFIG_NAME, WEIGHTS_NAME, read_json
 from decoderlm.config import Recipe
 from decoderlm.errors import DecoderLMError
 from decoderlm import checkpoint
+from decoderlm.lora.run_files import ADAPTERS_FILE, LORA_FILE
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "loss.png"
@@ -213,6 +217,20 @@ class RunDirectory:
         """config.json (the recipe, plus `extra_config`'s top-level sections such as a quantized
         model's `quantization`), the tokenizer's files, the chat template (chat_template.jinja) and
         model.safetensors, committed as one group (the weights last): a loadable model directory."""
+        writers = self._model_writers(recipe, tokenizer, chat_template, extra_config)
+        writers.append((self._target(self.weights_file), fileio.safetensors_writer(weights, {"format": "pt"})))
+        fileio.commit_files(writers)
+
+    def write_lora_model(self, recipe: Recipe, lora_info: dict, adapters: dict[str, torch.Tensor], tokenizer=None,
+                         chat_template=None) -> None:
+        """A LoRA run's model files: config.json, the tokenizer, the chat template, lora.json (its
+        settings and base) and adapters.safetensors, committed as one group; no base weights."""
+        writers = self._model_writers(recipe, tokenizer, chat_template)
+        writers += [(self._target(self.path / LORA_FILE), fileio.json_writer(lora_info)),
+                    (self._target(self.path / ADAPTERS_FILE), fileio.safetensors_writer(adapters, {"format": "pt"}))]
+        fileio.commit_files(writers)
+
+    def _model_writers(self, recipe: Recipe, tokenizer, chat_template, extra_config: dict | None = None) -> list:
         config_json = {**recipe.to_dict(), **(extra_config or {})}
         writers = [(self._target(self.config_file), fileio.json_writer(config_json))]
         if tokenizer is not None:
@@ -220,8 +238,7 @@ class RunDirectory:
                         for name, data in tokenizer_files(tokenizer, self.path).items()]
         if chat_template is not None:
             writers.append((self._target(self.path / TEMPLATE_NAME), fileio.bytes_writer(chat_template.source.encode())))
-        writers.append((self._target(self.weights_file), fileio.safetensors_writer(weights, {"format": "pt"})))
-        fileio.commit_files(writers)
+        return writers
 
     def write_recipe(self, recipe: Recipe) -> None:
         fileio.write_file_atomic(self._target(self.config_file), fileio.json_writer(recipe.to_dict()))
@@ -229,6 +246,11 @@ class RunDirectory:
     def publish(self, weights: dict[str, torch.Tensor]) -> None:
         """model.safetensors: what `decoderlm generate RUN_DIR` loads."""
         fileio.write_file_atomic(self._target(self.weights_file), fileio.safetensors_writer(weights, {"format": "pt"}))
+
+    def publish_adapters(self, adapters: dict[str, torch.Tensor]) -> None:
+        """adapters.safetensors: the adapters a LoRA run's loader applies to its base."""
+        fileio.write_file_atomic(self._target(self.path / ADAPTERS_FILE),
+                                 fileio.safetensors_writer(adapters, {"format": "pt"}))
 
     def save_last(self, weights: dict[str, torch.Tensor], train_state: dict) -> Path:
         checkpoint.write_checkpoint(self._target(self.last_dir), weights, train_state)

@@ -16,8 +16,10 @@ SUITES = {
     "quality": "decoderlm.bench.quality",
     "eval": "decoderlm.bench.eval",
     "serve": "decoderlm.bench.serve",
+    "lora": "decoderlm.bench.lora_finetune",
 }
-# quality (2 x 10 minutes), data (corpora up to 1 GB, tens of minutes) and serve are asked for by name
+# quality (2 x 10 minutes), data (corpora up to 1 GB, tens of minutes), serve and lora (4 fine-tunes of
+# a minute or two each) are asked for by name
 ALL = ("train", "generate", "eval")
 
 
@@ -25,7 +27,7 @@ def register(sub):
     p = sub.add_parser("bench", help="benchmark decoderlm against transformers, lm-eval's HFLM and nanoGPT's recipe")
     p.add_argument("--suite", choices=[*SUITES, "all"], default="all",
                    help="which measurement; 'all' = train, generate and eval (quality, 20 min, data, up to "
-                        "1 GB corpora, and serve run separately)")
+                        "1 GB corpora, serve, and lora, LoRA against full fine-tuning, run separately)")
     p.add_argument("--quick", action="store_true", 
                    help="a smoke run of a minute or two: small sizes, one repeat, no compiled models (not a measurement)")
     p.add_argument("--data-sizes", metavar="SIZES",

@@ -93,8 +93,12 @@ def train_command(args) -> int:
             hint = None if args.resume else warmup_hint(recipe.train, getattr(trainer, "total_steps", None))
             if hint:
                 print(hint)
+            if trainer.lora:
+                print(trainer.lora.summary(trainer.model), flush=True)
         result = trainer.fit()
         if main:
+            if trainer.lora:
+                print(trainer.lora.checkpoint_line(trainer.run.last_dir))
             _report(result, recipe, out, samples=not args.no_samples)
     finally:
         if run is not None:

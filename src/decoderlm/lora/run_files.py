@@ -3,11 +3,16 @@ files are the trainer's), loaded back and merged into a normal run.
 
     RUN/lora.json             {"format": "decoderlm-lora", "version": 1,
                                "lora": {rank, alpha, dropout, targets, head, rslora},
-                               "base": {"path": "/abs/base", "sha256": "<of its weight files>"}}
-    RUN/adapters.safetensors  the adapter tensors only ('blocks.0.attn.qkv.adapters.q.A', ...)
+                               "base": {"path": "/abs/base", "sha256": "<of its weight files>"},
+                               "new_tokens": {"start": V0, "vocab_size": V1}}   (only when tokens were added)
+    RUN/adapters.safetensors  the adapter tensors ('blocks.0.attn.qkv.adapters.q.A', ...), and with
+                              new_tokens the trained rows of tokens V0..V1-1 ('tok_emb.new_rows.weight',
+                              'lm_head.new_rows.weight' for an untied head; decoderlm.lora.token_rows)
 
 The base (a decoderlm run or a Hugging Face directory) is referenced, not copied: a LoRA run is
 megabytes. Its weight files' sha256 is checked on load, so adapters never meet a base that changed.
+A run the trainer wrote also holds its config.json, tokenizer and chat template; the loader uses
+that tokenizer and template (a chat fine-tune's, with the tokens it added) before the base's.
 """
 
 from __future__ import annotations
@@ -72,9 +77,29 @@ def save_lora_run(run_dir: str | Path, model: torch.nn.Module, base: BaseReferen
     if config is None:
         raise DecoderLMError("the model has no LoRA adapters to save")
     run = Path(run_dir)
-    info = {"format": FORMAT, "version": VERSION, "lora": config.to_dict(), "base": base.to_dict()}
+    info = lora_info(config, base)
     commit_files([(run / LORA_FILE, json_writer(info)),
                   (run / ADAPTERS_FILE, safetensors_writer(lora_state_dict(model), {"format": "pt"}))])
+
+
+def lora_info(config: LoRAConfig, base: BaseReference, new_tokens: tuple[int, int] | None = None) -> dict:
+    """lora.json's content; new_tokens: (first added id, vocabulary size) when the run added tokens."""
+    info = {"format": FORMAT, "version": VERSION, "lora": config.to_dict(), "base": base.to_dict()}
+    if new_tokens is not None:
+        info["new_tokens"] = {"start": new_tokens[0], "vocab_size": new_tokens[1]}
+    return info
+
+
+def read_new_tokens(run_dir: str | Path) -> tuple[int, int] | None:
+    """(first added id, vocabulary size) of a run that added tokens to its base's vocabulary, else None."""
+    run = Path(run_dir)
+    grown = read_json(run / LORA_FILE).get("new_tokens")
+    if grown is None:
+        return None
+    start, size = (grown.get("start"), grown.get("vocab_size")) if isinstance(grown, dict) else (None, None)
+    if not (isinstance(start, int) and isinstance(size, int) and 0 < start < size):
+        raise DecoderLMError(f"{run / LORA_FILE}: 'new_tokens' is damaged (expected start < vocab_size, whole numbers)")
+    return start, size
 
 
 def is_lora_run(run_dir: str | Path) -> bool:

@@ -20,7 +20,8 @@ from decoderlm.lora.apply import adapter_shapes, apply_lora
 from decoderlm.lora.config import LoRAConfig
 from decoderlm.lora.peft_format import CONFIG_FILE as PEFT_CONFIG_FILE
 from decoderlm.lora.peft_format import import_peft_adapters
-from decoderlm.lora.run_files import ADAPTERS_FILE, LORA_FILE, check_base, is_lora_run, read_lora_run
+from decoderlm.lora.run_files import ADAPTERS_FILE, LORA_FILE, check_base, is_lora_run, read_lora_run, read_new_tokens
+from decoderlm.lora.token_rows import add_new_token_rows, split_new_rows
 from decoderlm.lora.weights import check_adapter_state, load_lora_state_dict, merge_lora
 
 LORA_RUN, PEFT = "lora", "peft"
@@ -44,8 +45,9 @@ class AdapterSource:
         if self.kind == PEFT:
             import_peft_adapters(model, self.directory)
         else:
-            state = read_safetensors(self.directory / ADAPTERS_FILE)
+            state, rows = split_new_rows(read_safetensors(self.directory / ADAPTERS_FILE))
             source = f"the adapters in {self.directory}"
+            _add_new_tokens(model, self.directory, rows, source)  # a chat fine-tune's added tokens, trained
             check_adapter_state(adapter_shapes(model, self.config), state, source)  # before the model changes
             apply_lora(model, self.config)
             load_lora_state_dict(model, state, source)
@@ -53,6 +55,18 @@ class AdapterSource:
 
     def describe(self) -> str:
         return f"the base model {self.base} with the LoRA adapters of {self.directory} merged in"
+
+
+def _add_new_tokens(model: nn.Module, run: Path, rows: dict, source: str) -> None:
+    """The tokens a LoRA run added to its base's vocabulary (lora.json's new_tokens), with the
+    embedding and head rows it trained for them; nothing for a run that added none."""
+    grown = read_new_tokens(run)
+    if grown is None:
+        if rows:
+            raise DecoderLMError(f"{source} hold new-token rows but {run / LORA_FILE} names no new tokens; "
+                                 f"the run is damaged")
+        return
+    add_new_token_rows(model, *grown, rows, source)
 
 
 def is_peft_dir(path: Path) -> bool:

@@ -9,6 +9,7 @@ template), and served to the trainer as packed windows by `ChatSampler`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,10 +29,17 @@ CHAT_META = "chat.json"
 
 
 def load_init(path: str | Path):
-    """The LanguageModel to start from, with a tokenizer (a run cannot train without one)."""
+    """The LanguageModel to start from, with a tokenizer (a run cannot train without one). A LoRA
+    run's adapters are merged into its base (a LoRA fine-tune refuses such a start, see train/lora.py)."""
     from decoderlm.lm import load
+    from decoderlm.lora import merge_lora
+    from decoderlm.lora.run_files import is_lora_run, load_lora_run
 
-    lm = load(path)
+    if is_lora_run(path):
+        lm = load_lora_run(path)
+        lm = dataclasses.replace(lm, model=merge_lora(lm.model).eval())
+    else:
+        lm = load(path)
     if lm.tokenizer is None:
         raise DecoderLMError(f"--init-from {path} has no tokenizer files; decoderlm needs one to prepare the data")
     return lm
@@ -47,13 +55,16 @@ def init_recipe(recipe: Recipe, model_overrides: dict, lm, path: str | Path) -> 
     return recipe.replace(model=lm.config, train=train)
 
 
-def init_weights(model, recipe: Recipe) -> None:
-    """Load the weights of `recipe.train.init_from` into `model`, its vocabulary grown to the recipe's."""
+def init_weights(model, recipe: Recipe) -> int:
+    """Load the weights of `recipe.train.init_from` into `model`, its vocabulary grown to the recipe's;
+    returns the checkpoint's own vocabulary size (the ids from there on are new tokens)."""
     from decoderlm.chat import resize_token_embeddings
 
     lm = load_init(recipe.train.init_from)
+    base_vocab = lm.config.vocab_size
     resize_token_embeddings(lm.model, recipe.model.vocab_size)
     model.load_state_dict(lm.model.state_dict())
+    return base_vocab
 
 
 def check_data_tokenizer(data_tokenizer, lm, data_dir, init_path) -> None:

@@ -31,6 +31,7 @@ from decoderlm.model import DecoderLM
 from decoderlm.rundir import RunDirectory
 from decoderlm.chat.dataset import ChatBatches
 from decoderlm.train import distributed, finetune
+from decoderlm.train import lora as train_lora
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.budget import RunClock
 from decoderlm.train.device import autocast, autocast_dtype
@@ -76,23 +77,10 @@ class Trainer:
         self.sampler = self._train_sampler()  # first: data too short for a window fails before any write
         self.total_steps = self._total_steps()
 
-        torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        model = DecoderLM(recipe.model)
-        if cfg.init_from and not resume:
-            finetune.init_weights(model, recipe)
         self.counters = {"step": 0, "best_val_loss": None, "evals_without_improvement": 0, "bad_steps": 0,
                          "total_bad_steps": 0, "elapsed": 0.0, "tokens": 0}
-        saved = None
-        if resume:
-            weights, saved, where = run.load_last()
-            check_and_load(model, weights, where)
-            self.counters.update({k: saved[k] for k in self.counters if k in saved})
-            if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
-                raise DecoderLMError(f"cannot resume: {run.path} is at step {self.counters['step']} but its length "
-                                     f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
-                                     f"set a larger train.max_steps")
+        model, saved = self._build_model(resume)
         self.model = model.to(self.device)  # fp32: what the optimizer updates and checkpoints hold
-        self.flops_per_token = flops_per_token(model, self.block)
         self.master = (MasterWeights(model, self.amp)
                        if use_master_weights(cfg.master_weights, self.amp, self.device, self.dist.enabled) else None)
         self.compute_model = self.master.compute if self.master else model
@@ -118,6 +106,34 @@ class Trainer:
                       f"are busy (re-checked every minute)", flush=True)
 
     # -- set-up helpers ---------------------------------------------------------------------------
+    def _build_model(self, resume: bool) -> tuple[DecoderLM, dict | None]:
+        """The model to train (with the checkpoint's weights on resume) and the checkpoint's training
+        state (None for a new run). A LoRA run's model is its base, from init_from also on resume
+        (its checkpoints hold the adapters only), frozen, with adapters (train/lora.py)."""
+        recipe, cfg = self.recipe, self.cfg
+        torch.manual_seed(cfg.seed)  # the same initial weights in every process
+        model = DecoderLM(recipe.model)
+        self.flops_per_token = flops_per_token(model, self.block)
+        self.lora = train_lora.LoRARun(recipe, self.run.path, resume) if recipe.finetune.lora else None
+        if self.lora:
+            self.lora.build(model)
+            self.flops_per_token = train_lora.flops_per_token(model, self.flops_per_token)
+        elif cfg.init_from and not resume:
+            finetune.init_weights(model, recipe)
+        if not resume:
+            return model, None
+        weights, saved, where = self.run.load_last()
+        if self.lora:
+            train_lora.load_trainable_state(model, weights, f"the checkpoint {where}")
+        else:
+            check_and_load(model, weights, where)
+        self.counters.update({k: saved[k] for k in self.counters if k in saved})
+        if self.total_steps < self.counters["step"]:  # a run cannot end before where it stands
+            raise DecoderLMError(f"cannot resume: {self.run.path} is at step {self.counters['step']} but its length "
+                                 f"(train.max_steps / train.epochs) is {self.total_steps} steps; "
+                                 f"set a larger train.max_steps")
+        return model, saved
+
     @property
     def chat(self) -> bool:
         return isinstance(self.data, finetune.ChatData)
@@ -378,7 +394,7 @@ class Trainer:
         weights = self._gather_weights() if improved else None
         if improved and self.dist.is_main:
             self.run.save_best(weights, c["step"])
-            self.run.publish(weights)
+            self._publish(weights)
         if self.dist.is_main:
             self._plot()
         return val_loss
@@ -394,6 +410,9 @@ class Trainer:
         if self.resumed:
             self.run.write_recipe(self.recipe)
             self.run.truncate_metrics(self.counters["step"])
+        elif self.lora:
+            self.run.write_lora_model(self.recipe, self.lora.info(), weights, self.data.tokenizer,
+                                      finetune.chat_template_for(self.data, self.cfg.init_from))
         else:
             self.run.write_model(self.recipe, weights, self.data.tokenizer,
                                  finetune.chat_template_for(self.data, self.cfg.init_from))
@@ -407,6 +426,9 @@ class Trainer:
             self.run.write_plot(plot_losses(self.run.read_metrics(), title=f"{self.recipe.name}: {self.run_dir}"))
 
     def _gather_weights(self) -> dict[str, torch.Tensor]:
+        """What the run saves: every weight, or a LoRA run's adapters (every process holds them whole)."""
+        if self.lora:
+            return train_lora.trainable_state(self.model) if self.dist.is_main else {}
         state = distributed.full_model_state(self.model, self.wrapped, self.sharded)
         return storable_weights(state, self.recipe.model.tie_embeddings) if self.dist.is_main else {}
 
@@ -422,14 +444,18 @@ class Trainer:
                 self.run.save_last(weights, state)
                 # Without an evaluation yet, the last weights are the published ones.
                 if not self.eval_enabled or self.counters["best_val_loss"] is None:
-                    self.run.publish(weights)
+                    self._publish(weights)
                 bar.set_description("training", refresh=False)
             self.saved_step = self.counters["step"]
             distributed.barrier(self.dist)
 
+    def _publish(self, weights: dict[str, torch.Tensor]) -> None:
+        (self.run.publish_adapters if self.lora else self.run.publish)(weights)
+
     def _checkpoint_bytes(self) -> int:
-        """What one save writes: fp32 weights, two optimizer moments, the published weights."""
-        return 4 * 4 * sum(p.numel() for p in self.model.parameters())
+        """What one save writes: fp32 weights (a LoRA run's trained ones), two optimizer moments, the
+        published weights."""
+        return 4 * 4 * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
 def _maybe_compile(module, wanted: bool | None, device: torch.device, main: bool):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from decoderlm.config import DataConfig, ModelConfig, Recipe, TrainConfig
+from decoderlm.config import DataConfig, FinetuneConfig, ModelConfig, Recipe, TrainConfig
 from decoderlm.errors import DecoderLMError
 
-SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig}
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "finetune": FinetuneConfig}
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
@@ -27,7 +27,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
         if not dot:
             section = next((s for s, cls in SECTIONS.items() if name in _fields(cls)), "train")
         if section not in SECTIONS:
-            raise DecoderLMError(f"unknown --set section {section!r} in {item!r}; use model., train. or data.")
+            raise DecoderLMError(f"unknown --set section {section!r} in {item!r}; use model., train., data. or finetune.")
         cls = SECTIONS[section]
         if name not in _fields(cls):
             raise DecoderLMError(f"unknown --set key {key!r}: {cls.__name__} has no field {name!r}")

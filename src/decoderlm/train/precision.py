@@ -9,7 +9,9 @@ on this project's reference CPU (6x512 Llama, batch 8 x 256): 1.13x the autocast
 (docs/training.md).
 
 The fp32 model is the real one: the optimizer, gradient clipping and checkpoints see only it.
-The bf16 copy is derived from it after every update, so saving and resuming stay exact. Known
+The bf16 copy is derived from it after every update, so saving and resuming stay exact. Frozen
+parameters (a LoRA run's base) are never updated and get no fp32 master: both models share one
+bf16 copy. Known
 cost: the embedding's backward sums the gradients of repeated tokens in bf16 (about 0.1% off at a
 vocabulary of 8,192, more for character vocabularies); the loss curves above include that.
 """
@@ -25,9 +27,17 @@ from torch import nn
 class MasterWeights:
     def __init__(self, master: nn.Module, dtype: torch.dtype = torch.bfloat16):
         self.master = master
-        self.compute = copy.deepcopy(master).to(dtype)
-        self._master_params = list(master.parameters())  # the same order in both (ties included)
-        self._compute_params = list(self.compute.parameters())
+        # Frozen parameters (a LoRA run's base) are never updated, so they need no fp32 master: they
+        # are held once, in `dtype`, and shared by both models (the compute copy does not copy them).
+        frozen = [p for p in master.parameters() if not p.requires_grad]
+        with torch.no_grad():
+            for p in frozen:
+                p.data = p.data.to(dtype)  # in place: the layers that hold this parameter keep it
+        self.compute = copy.deepcopy(master, memo={id(p): p for p in frozen}).to(dtype)
+        # The trained parameters, in the same order in both (ties included).
+        pairs = [(m, c) for m, c in zip(master.parameters(), self.compute.parameters()) if m.requires_grad]
+        self._master_params = [m for m, _ in pairs]
+        self._compute_params = [c for _, c in pairs]
 
     def collect_grads(self) -> None:
         """After a backward pass: add the bf16 gradients into the fp32 masters' (accumulating over

@@ -32,6 +32,9 @@ def check_can_train(recipe: Recipe, world_size: int | None = None) -> None:
                              f"this is torch {torch.__version__}")
     if cfg.optimizer == "muon" and cfg.parallel == "fsdp" and world > 1:
         raise DecoderLMError("train.optimizer=muon does not support train.parallel=fsdp; use ddp or adamw")
+    if recipe.finetune.lora and cfg.parallel == "fsdp" and world > 1:
+        raise DecoderLMError("LoRA (finetune.lora_rank) trains with train.parallel=ddp; train.parallel=fsdp is "
+                             "not supported with adapters")
     _check_memory(recipe, world)
 
 

@@ -18,6 +18,7 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.presets import get_recipe
 from decoderlm.rundir import RunDirectory
 from decoderlm.train import finetune
+from decoderlm.train import lora as train_lora
 from decoderlm.train.overrides import apply_overrides, parse_overrides
 from decoderlm.train.preflight import check_can_train
 
@@ -47,6 +48,7 @@ def new_run(out: Path, preset: str | None, data: str | None, sets: list[str], *,
         chat = finetune.ChatPrep(data, recipe, init, init.path)  # rendered before anything is written
         recipe = recipe.replace(model=recipe.model.replace(vocab_size=chat.vocab_size))
         print(chat.summary)
+    train_lora.check_settings(recipe, init_from)
     prepared = data is not None and is_prepared(data)
     if init is not None and prepared:
         finetune.check_data_tokenizer(TokenData.open(data).tokenizer, init, data, init_from)

@@ -19,8 +19,9 @@ def run_samples(run_dir: Path, config: TrainConfig, seed: int | None = None,
     end early, and prompts not reached are left out."""
     import decoderlm
     from decoderlm.generate import generate
+    from decoderlm.lora.run_files import is_lora_run, load_lora_run
 
-    lm = decoderlm.load(run_dir)
+    lm = load_lora_run(run_dir) if is_lora_run(run_dir) else decoderlm.load(run_dir)
     tok = lm.tokenizer
     if tok is None:
         return []
