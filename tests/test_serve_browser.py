@@ -88,7 +88,9 @@ def test_prompt_mode_streams_text_into_the_page(browser, served, tmp_path):
     expected = complete(lm, "the quick brown fox", max_new_tokens=28, temperature=0)[0].text
     assert browser.find_element(By.ID, "generated").get_attribute("textContent") == expected
     lengths = browser.execute_script("return window.__lengths")
-    assert len(set(lengths)) > 5 and lengths == sorted(lengths)  # the text grew piece by piece
+    # The text grew piece by piece (several SSE events can arrive in one network read and render
+    # together, so the page's own count of events, below, is the exact check).
+    assert len(set(lengths)) >= 2 and lengths == sorted(lengths)
     assert int(browser.find_element(By.ID, "output").get_attribute("data-chunks")) > 5
     target = DOCS_SCREENSHOT if os.environ.get("DECODERLM_DOCS_SCREENSHOT") == "1" else tmp_path / "playground.png"
     target.parent.mkdir(parents=True, exist_ok=True)
