@@ -87,3 +87,25 @@ def peft_save(directory, out, seed: int = 7, **options):
     perturb([p for n, p in peft_model.named_parameters() if "lora_" in n], seed, scale=0.2)
     peft_model.save_pretrained(out)
     return peft_model.eval()
+
+
+def run_command(capsys, *argv) -> tuple[int, str, str]:
+    """`decoderlm ARGV` in this process -> (exit code, stdout, stderr) of the command alone."""
+    from decoderlm.cli import main
+
+    capsys.readouterr()  # what came before (e.g. transformers' progress bars) is not the command's
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def hf_base_maker(tmp_path_factory):
+    """name -> directory of a randomised transformers checkpoint, made once on first use (a module
+    fixture's body)."""
+    made = {}
+
+    def make(name):
+        if name not in made:
+            made[name] = make_hf_base(name, tmp_path_factory.mktemp(name))
+        return made[name]
+    return make

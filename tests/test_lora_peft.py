@@ -20,21 +20,14 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 transformers.logging.set_verbosity_error()
 
-from lora_support import PEFT_MODULES, hf_model, lora_model, make_hf_base, peft_save, tokens  # noqa: E402
+from lora_support import PEFT_MODULES, hf_base_maker, hf_model, lora_model, peft_save, tokens  # noqa: E402
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    """name -> directory of a randomised transformers checkpoint, made once per module on first use."""
-    made = {}
-
-    def make(name):
-        if name not in made:
-            made[name] = make_hf_base(name, tmp_path_factory.mktemp(name))
-        return made[name]
-    return make
+    return hf_base_maker(tmp_path_factory)
 
 
 @pytest.fixture(params=["llama-gqa", "qwen2"])

@@ -14,7 +14,6 @@ import torch
 
 import decoderlm
 from decoderlm import DecoderLMError
-from decoderlm.cli import main
 from decoderlm.lora import lora_layers
 from decoderlm.lora.run_files import LORA_FILE
 
@@ -22,27 +21,17 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 transformers.logging.set_verbosity_error()
 
-from lora_support import hf_model, lora_run, make_hf_base, peft_save, tokens  # noqa: E402
+from lora_support import hf_base_maker, hf_model, lora_run, peft_save, run_command, tokens  # noqa: E402
 
 ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def bases(tmp_path_factory):
-    made = {}
-
-    def make(name):
-        if name not in made:
-            made[name] = make_hf_base(name, tmp_path_factory.mktemp(name))
-        return made[name]
-    return make
+    return hf_base_maker(tmp_path_factory)
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()  # what came before (e.g. transformers' progress bars) is not the command's
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_cli = run_command
 
 
 def _logits(model, idx):

@@ -30,7 +30,7 @@ from decoderlm.generate import complete
 from decoderlm.lm import LanguageModel
 from decoderlm.lora import LoRAConfig, lora_layers
 from decoderlm.lora.run_files import ADAPTERS_FILE, LORA_FILE, BaseReference
-from lora_support import lora_run, tokens
+from lora_support import lora_run, run_command, tokens
 from serve_support import CHATML, TEXT, one_torch_thread, tiny_run_dir
 
 MLP_TARGETS = LoRAConfig(rank=4, alpha=8, targets=("q", "k", "v", "o", "up", "down"))  # the tiny GPT's
@@ -47,11 +47,7 @@ def _llama_base(directory: Path) -> Path:
     return directory
 
 
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()  # what came before (e.g. transformers' progress bars) is not the command's
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+_run = run_command
 
 
 def _refused(capsys, *argv, match: str) -> None:
