@@ -103,7 +103,8 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     check_speculative(opts, prompt.shape[0], draft_model, prompt_lookup, model)
     if mask is not None:
         prompt = prompt[:, mask[0].bool()]
-    speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)  # it fits
+    # A text that would outgrow the context is refused here, not when a stream is first read.
+    speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)
     chosen = choose_compile(compile, model, opts.max_new_tokens, kind="speculative")
     if chosen and compile is None and not is_compiled(model, verify_logits):
         announce_compile()
