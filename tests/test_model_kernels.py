@@ -14,6 +14,7 @@ from decoderlm.compile_support import can_compile
 from decoderlm.config import ModelConfig
 from decoderlm.kernels import apply_cpu_kernels, compiled
 from decoderlm.kernels import linear_cross_entropy as lce
+from decoderlm.kernels.decoding_attention import single_query_attention, use_single_query_layout
 from decoderlm.kernels.layers import ChunkedHead, CompiledRMSNorm, CompiledSwiGLU, CPUAttention
 from decoderlm.model import DecoderLM
 from decoderlm.model.attention import Attention
@@ -89,6 +90,50 @@ def test_cpu_attention_matches_attention(compile_tiny_shapes, dtype):
     rotary = DecoderLM(CONFIG).rotary
     rope = rotary(torch.arange(T).unsqueeze(0))
     assert_parity(Attention(CONFIG), CPUAttention, lambda m, x: m(x, rope), dtype, [_leaf(2, T, 32, dtype=dtype)])
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (8, 1), (4, 4)])  # grouped, multi-query, multi-head
+@pytest.mark.parametrize("mask_rows", [None, 1, 2])  # no mask, one mask for the batch, one per row
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_query_attention_is_sdpa_over_the_cache(heads, mask_rows, dtype):
+    """A decoding step's one query laid out as several rows gives SDPA's answer, with GQA's sharing."""
+    n_head, n_kv_head = heads
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, n_head, 1, 16, generator=gen).to(dtype)
+    k, v = (torch.randn(2, n_kv_head, 40, 16, generator=gen).to(dtype) for _ in range(2))
+    mask = None
+    if mask_rows:
+        mask = torch.rand(mask_rows, 1, 1, 40, generator=gen) < 0.6
+        mask[..., 0] = True  # every row sees a key
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                              enable_gqa=n_head != n_kv_head)
+    got = single_query_attention(q, k, v, mask)
+    assert got.shape == q.shape and got.dtype == dtype
+    assert_close(got.float(), expected, dtype)
+
+
+def test_the_single_query_layout_is_for_reduced_precision_decoding_only():
+    one = torch.zeros(1, 4, 1, 8, dtype=torch.bfloat16)
+    assert use_single_query_layout(one, training=False)
+    assert not use_single_query_layout(one, training=True)
+    assert not use_single_query_layout(one.float(), training=False)  # float32: SDPA is fast for one row
+    assert not use_single_query_layout(torch.zeros(1, 4, 2, 8, dtype=torch.bfloat16), training=False)
+
+
+def test_generation_decodes_through_the_kernels_with_the_same_tokens():
+    """generate() swaps the kernel layers into a CPU model (in place, same weights) before decoding."""
+    from decoderlm.generate import generate
+
+    torch.manual_seed(0)
+    model = DecoderLM(CONFIG.replace(init_std=0.3)).to(torch.bfloat16)
+    plain = copy.deepcopy(model)
+    prompt = torch.randint(0, 64, (1, 4), generator=torch.Generator().manual_seed(1))
+    ids = generate(model, prompt, 10, temperature=0, compile=False)
+    assert any(type(m) is CPUAttention for m in model.modules())
+    with torch.inference_mode():  # the reference: plain layers, one forward over the whole text
+        logits = plain(ids[:, :-1]).float()[0, 3:]
+    chosen = logits.gather(1, ids[0, 4:, None]).squeeze(1)
+    assert (logits.max(1).values - chosen).max() < 0.05  # each token was the top choice, up to bf16 ties
 
 
 @needs_compiler

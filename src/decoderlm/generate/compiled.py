@@ -64,12 +64,16 @@ def compiled_step(model, fn=_decode_step):
         entries[fn.__name__] = entry
     step = entry[1]
 
-    def run(*args):
+    def run(*args, repeat: bool = False):
+        """repeat=True: the same model, weights and input shapes as a call that just ran (the next
+        step of one generation), so dynamo's guards, which would re-check every weight and shape
+        (a tenth of a 6 x 512 model's step), need only tell apart the graphs already compiled."""
         import torch._inductor.config as inductor_config
 
         # freezing: weights become constants (pre-packed); cpp_wrapper: less Python per call.
         with inductor_config.patch(freezing=True, cpp_wrapper=device.type == "cpu",
-                                    autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False):
+                                    autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False), \
+                torch.compiler.set_stance(skip_guard_eval_unsafe=repeat):
             return step(model, *args)
 
     return run

@@ -46,6 +46,7 @@ class Sequences:
             min(self.window, P + max_new_tokens)
         self.cache = model.new_cache(B, cache_len, static=compiled)
         self.step = None
+        self.stepped = False  # the compiled step ran once: later calls have the same shapes
         if compiled:
             from decoderlm.generate.compiled import compiled_step
 
@@ -134,7 +135,9 @@ class Sequences:
             # compiled step's guards would recompile for every new length.
             token = token.clone(memory_format=torch.contiguous_format)
             # the compiled graph may reuse its output buffer: copy
-            logits = self.step(token, self.cache, self._static_valid(), self.next_pos).clone()
+            logits = self.step(token, self.cache, self._static_valid(), self.next_pos,
+                               repeat=self.stepped).clone()
+            self.stepped = True
         else:
             mask = None
             if self.valid is not None:

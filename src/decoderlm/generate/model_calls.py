@@ -25,8 +25,9 @@ class StaticCacheRunner:
     def __init__(self, model, max_len: int, compiled: bool):
         self.model = model
         self.cache = model.new_cache(1, max_len, static=True)
-        self._step = compiled_step(model) if compiled else (lambda *args: _decode_step(model, *args))
-        self._verify = compiled_step(model, verify_logits) if compiled else (lambda *a: verify_logits(model, *a))
+        self._step = compiled_step(model) if compiled else (lambda *a, repeat: _decode_step(model, *a))
+        self._verify = compiled_step(model, verify_logits) if compiled else (lambda *a, repeat: verify_logits(model, *a))
+        self._ran: set[str] = set()  # which of the two ran once: later calls have the same shapes
 
     @property
     def filled(self) -> int:
@@ -46,8 +47,15 @@ class StaticCacheRunner:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""
         token = token.reshape(1, 1).clone(memory_format=torch.contiguous_format)
-        return self._step(token, self.cache, None, None).clone()  # a compiled graph may reuse its output buffer
+        # a compiled graph may reuse its output buffer: copy
+        return self._step(token, self.cache, None, None, repeat=self._once("step")).clone()
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T,) tokens at positions filled.. -> float32 logits (T, V), each for the token after it."""
-        return self._verify(tokens.view(1, -1), self.cache).clone()
+        return self._verify(tokens.view(1, -1), self.cache, repeat=self._once(f"verify {tokens.shape[0]}")).clone()
+
+    def _once(self, call: str) -> bool:
+        """Whether `call` (with these shapes) ran before; marks it as run."""
+        ran = call in self._ran
+        self._ran.add(call)
+        return ran

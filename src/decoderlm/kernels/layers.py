@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from decoderlm.kernels.compiled import CompiledKernel
+from decoderlm.kernels.decoding_attention import single_query_attention, use_single_query_layout
 from decoderlm.kernels.linear_cross_entropy import linear_cross_entropy
 from decoderlm.kernels.training_attention import causal_attention, use_fast_backward
 from decoderlm.model.attention import Attention
@@ -37,7 +38,8 @@ class CompiledSwiGLU(SwiGLU):
 
 class CPUAttention(Attention):
     """Rotary embedding compiled into one pass; causal self-attention trained in bf16 through SDPA's
-    flash forward and a faster backward (training_attention.py). Everything else: SDPA."""
+    flash forward and a faster backward (training_attention.py); a decoding step's single query in
+    bf16 laid out as several rows (decoding_attention.py). Everything else: SDPA."""
 
     @staticmethod
     def rotate(q, k, cos, sin):
@@ -46,6 +48,8 @@ class CPUAttention(Attention):
     def attend(self, q, k, v, mask):
         if mask is None and use_fast_backward(q, k, self.dropout if self.training else 0.0):
             return causal_attention(q, k, v)
+        if use_single_query_layout(q, self.training):
+            return single_query_attention(q, k, v, mask)
         return super().attend(q, k, v, mask)
 
 
