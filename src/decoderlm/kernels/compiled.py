@@ -19,8 +19,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch._dynamo.exc import TorchDynamoException
-from torch._inductor.exc import InductorError
 
 from decoderlm.compile_support import can_compile
 
@@ -48,6 +46,11 @@ class CompiledKernel:
         if (self._failed or torch.compiler.is_compiling() or x.device.type != "cpu" or x.numel() < MIN_ELEMENTS
                 or (self.training_only and not training_on_cpu(x)) or not can_compile(x.device)):
             return self.fn(*args)
+        # Imported here, not at the top: the compiler's modules take a second to import, and
+        # decoding imports these layers without compiling them.
+        from torch._dynamo.exc import TorchDynamoException
+        from torch._inductor.exc import InductorError
+
         if self._compiled is None:
             self._compiled = torch.compile(self.fn)
         try:
