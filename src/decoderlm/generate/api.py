@@ -11,7 +11,7 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
 from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
-from decoderlm.generate.defaults import announce_compile, choose_compile
+from decoderlm.generate.defaults import announce_compile, choose_compile, compiled_already
 from decoderlm.generate.model_calls import verify_logits
 from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
@@ -61,7 +61,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0,
                             model.tok_emb.weight.dtype, device, f"generating with num_beams={num_beams}")
     if draft_model is not None or prompt_lookup is not None:
         return _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_model, prompt_lookup)
-    compile = _choose_compile(compile, model, prompt, opts)
+    compile = _choose_compile(compile, model, prompt, mask, opts)
 
     if stream:
         return _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile)
@@ -102,9 +102,12 @@ def _stream(model, prompt, mask, opts, vocab_size, stop_fn, compile) -> Iterator
             yield tokens.clone()
 
 
-def _choose_compile(compile, model, prompt, opts) -> bool:
-    chosen = choose_compile(compile, model, opts.max_new_tokens, prompt.shape[0], opts.num_beams)
-    if chosen and compile is None and opts.num_beams == 1 and opts.max_new_tokens and not is_compiled(model):
+def _choose_compile(compile, model, prompt, mask, opts) -> bool:
+    padded = mask is not None and not bool(mask.bool().all())
+    chosen = choose_compile(compile, model, opts.max_new_tokens, prompt.shape[0], opts.num_beams,
+                            prompt_len=prompt.shape[1], padded=padded)
+    if chosen and compile is None and opts.num_beams == 1 and opts.max_new_tokens and \
+            not compiled_already(model, prompt.shape[0], prompt.shape[1], opts.max_new_tokens, padded):
         announce_compile()  # compile=True was asked for (the command line says so itself)
     return chosen
 

@@ -48,9 +48,13 @@ class Sequences:
         self.step = None
         self.stepped = False  # the compiled step ran once: later calls have the same shapes
         if compiled:
+            from decoderlm.generate import packaged
             from decoderlm.generate.compiled import compiled_step
 
-            self.step = compiled_step(model)
+            if packaged.supported(model, padded=self.valid is not None):
+                self.step = packaged.packaged_step(model, B, cache_len)
+            else:
+                self.step = compiled_step(model)
         self.next_pos = None  # (B, 1) position of the next token when there is padding
         self.warned = False
 

@@ -29,19 +29,32 @@ def static_cache_length(window: int, needed: int) -> int:
 
 
 def choose_compile(compile: bool | None, model, new_tokens: int, batch_size: int = 1, num_beams: int = 1,
-                   kind: str = "step") -> bool:
+                   kind: str = "step", prompt_len: int | None = None, padded: bool = False) -> bool:
     """Resolve compile=None (auto) as described above; True/False are returned as given.
-    kind: which compiled functions (the plain step, or speculative decoding's)."""
+    kind: which compiled functions (the plain step, or speculative decoding's); prompt_len and
+    padded: the plain step's call, to look for a step built ahead of time (packaged.py)."""
     if compile is not None:
         return bool(compile)
     device = model.tok_emb.weight.device
     if num_beams > 1 or not can_compile(device):
         return False
-    from decoderlm.generate.compiled import is_compiled
 
-    if kind == "step" and is_compiled(model):
+    if kind == "step" and compiled_already(model, batch_size, prompt_len, new_tokens, padded):
         return True
     return batch_size * new_tokens >= PAYS_AFTER_TOKENS
+
+
+def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens: int, padded: bool) -> bool:
+    """Whether the plain step for this call is compiled in this process or built on disk."""
+    from decoderlm.generate import packaged
+    from decoderlm.generate.compiled import is_compiled
+
+    if is_compiled(model):
+        return True
+    if prompt_len is None or not packaged.supported(model, padded):
+        return False
+    cache_len = static_cache_length(model.config.max_seq_len, prompt_len + new_tokens)
+    return packaged.ready(model, batch_size, cache_len)
 
 
 def announce_compile() -> None:

@@ -34,6 +34,15 @@ class KVCache:
         return cls(config.n_layer, batch_size, config.n_kv_head, max_len or config.max_seq_len,
                    config.head_dim, dtype=dtype, device=device, static=static)
 
+    @classmethod
+    def wrapping(cls, k: list[torch.Tensor], v: list[torch.Tensor], length: torch.Tensor) -> "KVCache":
+        """A static cache over existing buffers (a step compiled ahead of time receives them as inputs)."""
+        cache = cls.__new__(cls)
+        cache.k, cache.v = list(k), list(v)
+        cache.batch_size, _, cache.max_len, _ = k[0].shape
+        cache.static, cache.device, cache.length = True, k[0].device, length
+        return cache
+
     def reset(self) -> None:
         """Forget every written slot (the buffers are overwritten from slot 0 on)."""
         self.length = torch.zeros((), dtype=torch.long, device=self.device) if self.static else 0

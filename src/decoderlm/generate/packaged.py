@@ -1,0 +1,171 @@
+"""The compiled one-token decoding step, built ahead of time and kept on disk (CPU).
+
+`torch.compile` rebuilds the step in every new process (20-50 s: inductor does not cache graphs with
+frozen weights), so a compile paid off only in a long-lived process. Here the same step (static cache,
+frozen weights, inductor's CPU matrix kernels) is exported once with torch.export and compiled by
+AOTInductor into a shared library that holds the graph and the pre-packed weights. Later processes
+load that library in well under a second and call it from C++ without dynamo's guards.
+
+A library is named by a hash of everything its code depends on: the weights' bytes, the model's
+layers and config, dtype, batch size, cache length, thread count, torch version and CPU. It lives in
+`~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOME honoured), written atomically; the
+least recently used beyond KEEP are deleted (only files named like ours, in that directory).
+Sequences with padding, speculative decoding, quantized models and GPUs use `compiled.compiled_step`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import warnings
+import weakref
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from decoderlm.compile_support import can_compile, use_persistent_cache
+from decoderlm.generate.compiled import _decode_step, _weights_version
+from decoderlm.model.cache import KVCache
+
+KEEP = 8  # libraries kept on disk (each about twice the size of the model's weights)
+FORMAT = 1  # bump when the step's inputs or outputs change
+_NAME = re.compile(r"^[0-9a-f]{40}\.so$")
+
+# model -> (weights' version counters, {(batch, cache length): step}) for this process
+_LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_HASHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (versions, weights hash)
+
+
+def directory() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "decoderlm" / "decode-steps"
+
+
+def supported(model, padded: bool) -> bool:
+    """Whether this generation can use a packaged step (else: torch.compile in process)."""
+    from decoderlm.quantize.swap import quantization_of
+
+    device = model.tok_emb.weight.device
+    return (not padded and device.type == "cpu" and can_compile(device)
+            and quantization_of(model) is None)
+
+
+class PackagedStep:
+    """Called like `compiled.compiled_step`'s function: (token (B, 1), cache, valid, positions) ->
+    float32 logits (B, V); writes the token's keys and values into the cache and advances it."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, token, cache, valid=None, positions=None, repeat: bool = False):
+        assert valid is None and positions is None, "packaged steps are built for unpadded batches"
+        logits = self.runner.run([token, cache.length, *cache.k, *cache.v])[0]
+        cache.advance(token.shape[1])
+        return logits
+
+
+def ready(model, batch: int, cache_len: int) -> bool:
+    """Whether the step is loaded in this process or built on disk: using it costs no compile."""
+    entry = _LOADED.get(model)
+    if entry is not None and entry[0] == _weights_version(model) and (batch, cache_len) in entry[1]:
+        return True
+    return (directory() / f"{_key(model, batch, cache_len)}.so").is_file()
+
+
+def packaged_step(model, batch: int, cache_len: int) -> PackagedStep:
+    """The step for this model, batch size and cache length: from this process, from disk, or built
+    (tens of seconds, once per machine)."""
+    version = _weights_version(model)
+    entry = _LOADED.get(model)
+    if entry is None or entry[0] != version:
+        entry = (version, {})
+        _LOADED[model] = entry
+    step = entry[1].get((batch, cache_len))
+    if step is None:
+        path = directory() / f"{_key(model, batch, cache_len)}.so"
+        if not path.is_file():
+            _build(model, batch, cache_len, path)
+        step = PackagedStep(_load(path))
+        os.utime(path)  # recently used: kept
+        entry[1][(batch, cache_len)] = step
+    return step
+
+
+def _key(model, batch: int, cache_len: int) -> str:
+    version = _weights_version(model)
+    cached = _HASHES.get(model)
+    if cached is None or cached[0] != version:
+        weights = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            weights.update(name.encode())
+            weights.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())
+        cached = (version, weights.hexdigest())
+        _HASHES[model] = cached
+    layers = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in model.modules()})
+    about = {"format": FORMAT, "weights": cached[1], "config": model.config.to_dict(), "layers": layers,
+             "dtype": str(model.tok_emb.weight.dtype), "batch": batch, "cache": cache_len,
+             "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "cpu": torch.backends.cpu.get_cpu_capability(), "python": sys.version_info[:2]}
+    return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class _StepModule(nn.Module):
+    """The step over flat tensors, as torch.export takes it: the cache's buffers are inputs that the
+    compiled code writes in place."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, token, length, keys, values):
+        return _decode_step(self.model, token, KVCache.wrapping(keys, values, length), None, None)
+
+
+def _build(model, batch: int, cache_len: int, path: Path) -> None:
+    import torch._inductor
+    import torch._inductor.config as inductor_config
+
+    use_persistent_cache()  # inductor's own caches (C++ builds, autotuning) are reused too
+    cache = model.new_cache(batch, cache_len, static=True)
+    example = (torch.zeros(batch, 1, dtype=torch.long), cache.length, tuple(cache.k), tuple(cache.v))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_dir = Path(tempfile.mkdtemp(prefix=".build-", dir=path.parent))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # export's notes on internals, not the user's business
+            program = torch.export.export(_StepModule(model), example, strict=False)
+            with inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
+                                       max_autotune_report_choices_stats=False):
+                built = torch._inductor.aot_compile(program.module(), example,
+                                                    options={"aot_inductor.output_path": str(build_dir / "step.so")})
+        os.replace(built, path)  # atomic: a reader sees no library or a whole one
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+    _forget_old(path.parent)
+
+
+def _load(path: Path):
+    # The C++ runner is torch's own loader for such libraries; torch._export.aot_load wraps the same
+    # thing but first imports the whole compiler (a second or more), which would cost more than the
+    # generation it speeds up.
+    return torch._C._aoti.AOTIModelContainerRunnerCpu(str(path), 1)
+
+
+def _forget_old(folder: Path) -> None:
+    """Delete our libraries beyond the KEEP most recently used, and build folders a killed build
+    left behind a day ago or more (nothing else in the folder)."""
+    import time
+
+    for stale in folder.glob(".build-*"):
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
+    ours = [p for p in folder.iterdir() if _NAME.match(p.name)]
+    ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in ours[KEEP:]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,125 @@
+"""The decoding step built ahead of time (decoderlm.generate.packaged): exact, kept on disk, found
+again by a later process without compiling, and named by everything its code depends on."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from decoderlm import DecoderLM, ModelConfig
+from decoderlm.compile_support import can_compile, use_persistent_cache
+from decoderlm.generate import generate, packaged
+from decoderlm.generate.defaults import choose_compile
+from decoderlm.quantize.swap import quantize_model
+
+needs_compiler = pytest.mark.skipif(not can_compile(torch.device("cpu")), reason="needs a C++ compiler")
+CONFIG = ModelConfig(vocab_size=97, max_seq_len=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
+                     position="rope", ffn="swiglu", norm="rmsnorm", init_std=0.2)
+
+
+def tiny() -> DecoderLM:
+    torch.manual_seed(0)
+    return DecoderLM(CONFIG).eval()
+
+
+@pytest.fixture
+def step_dir(tmp_path, monkeypatch):
+    """Libraries go to a fresh folder (inductor's own caches stay where they are: faster builds)."""
+    use_persistent_cache()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    packaged._LOADED.clear()
+    return tmp_path / "decoderlm" / "decode-steps"
+
+
+@needs_compiler
+def test_built_once_then_loaded_by_a_new_process_without_compiling(step_dir, monkeypatch):
+    model = tiny()
+    prompt = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(1))
+    eager = generate(model, prompt, 24, temperature=0, compile=False)
+    assert len(set(eager[0, 6:].tolist())) > 3, "a meaningful comparison needs varied tokens"
+    assert not choose_compile(None, model, 24, prompt_len=6)  # nothing built: too short to pay
+
+    assert torch.equal(generate(model, prompt, 24, temperature=0, compile=True), eager)
+    libraries = list(step_dir.iterdir())
+    assert len(libraries) == 1 and libraries[0].suffix == ".so" and len(libraries[0].stem) == 40
+
+    # In this process: the loaded step; from now on the default uses it.
+    assert packaged.packaged_step(model, 1, 64) is packaged.packaged_step(model, 1, 64)
+    assert choose_compile(None, model, 24, prompt_len=6)
+    # As a new process would: from disk, never building again.
+    packaged._LOADED.clear()
+    monkeypatch.setattr(packaged, "_build", lambda *a: pytest.fail("rebuilt a step that was on disk"))
+    assert choose_compile(None, model, 24, prompt_len=6)
+    assert torch.equal(generate(model, prompt, 24, temperature=0), eager)
+
+    # A real new process: the default call loads the library and never imports the compiler.
+    child = step_dir.parent / "child.py"
+    child.write_text(textwrap.dedent(f"""
+        import json, sys, torch
+        from decoderlm import DecoderLM, ModelConfig
+        from decoderlm.generate import generate
+        torch.manual_seed(0)
+        model = DecoderLM(ModelConfig.from_dict(json.loads({json.dumps(CONFIG.to_dict())!r}))).eval()
+        out = generate(model, torch.tensor({prompt.tolist()}), 24, temperature=0)
+        print(json.dumps(out.tolist()), "torch._dynamo" in sys.modules)
+    """))
+    env = {**os.environ, "XDG_CACHE_HOME": str(step_dir.parent.parent)}
+    result = subprocess.run([sys.executable, str(child)], capture_output=True, text=True, env=env, check=True)
+    ids, compiler_imported = result.stdout.strip().rsplit(" ", 1)
+    assert json.loads(ids) == eager.tolist()
+    assert compiler_imported == "False"
+    assert "compiling" not in result.stderr
+
+
+def test_the_name_follows_weights_shapes_and_layers():
+    model = tiny()
+    key = packaged._key(model, 1, 64)
+    assert packaged._key(copy.deepcopy(model), 1, 64) == key  # same bytes, same library
+    assert packaged._key(model, 2, 64) != key and packaged._key(model, 1, 128) != key
+    assert packaged._key(copy.deepcopy(model).to(torch.bfloat16), 1, 64) != key
+    with torch.no_grad():
+        model.tok_emb.weight[0, 0] += 1  # one weight changed in place: another library
+    assert packaged._key(model, 1, 64) != key
+
+
+def test_padded_batches_and_quantized_models_compile_in_process():
+    model = tiny()
+    assert packaged.supported(model, padded=False) == can_compile(torch.device("cpu"))
+    assert not packaged.supported(model, padded=True)
+    assert not packaged.supported(quantize_model(tiny().to(torch.bfloat16), "int8"), padded=False)
+
+
+def test_only_the_most_recently_used_libraries_of_ours_are_kept(tmp_path):
+    mine = []
+    for i in range(packaged.KEEP + 3):
+        path = tmp_path / f"{i:040x}.so"
+        path.write_bytes(b"x")
+        os.utime(path, (1000 + i, 1000 + i))
+        mine.append(path)
+    other = tmp_path / "notes.txt"
+    other.write_text("the user's")
+    stale_build, fresh_build = tmp_path / ".build-old", tmp_path / ".build-now"
+    stale_build.mkdir()
+    fresh_build.mkdir()
+    os.utime(stale_build, (1000, 1000))
+    packaged._forget_old(tmp_path)
+    assert [p.exists() for p in mine] == [False] * 3 + [True] * packaged.KEEP
+    assert other.exists() and fresh_build.exists() and not stale_build.exists()
+
+
+def test_a_library_is_written_whole_or_not_at_all(step_dir, monkeypatch):
+    """A build that fails leaves neither a library nor its build folder behind."""
+    import torch._inductor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(torch._inductor, "aot_compile", broken)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        packaged._build(tiny(), 1, 64, step_dir / ("0" * 40 + ".so"))
+    assert list(step_dir.iterdir()) == []
