@@ -188,20 +188,31 @@ def test_stream_takes_one_prompt(run_dir, capsys):
     assert code == 2 and "one --prompt" in err
 
 
-def test_compile_is_announced_before_it_starts(run_dir, capsys, monkeypatch):
+def test_compile_is_announced_before_it_starts_and_not_when_the_step_is_built(run_dir, capsys, monkeypatch):
+    import decoderlm.generate.api as api
     import decoderlm.generate.text as text
 
     seen = {}
 
-    def fake_complete(lm, prompts, **kwargs):  # stands in for the minute of compiling
-        seen["stderr"] = capsys.readouterr().err
+    def fake_complete(lm, prompts, **kwargs):  # stands in for the generation
         seen["compile"] = kwargs["compile"]
         return []
 
     monkeypatch.setattr(text, "complete", fake_complete)
     assert run_cli(["generate", run_dir, "--prompt", "x", "--compile"])[0] == 0
     assert seen["compile"] is True
-    assert "compiling the decode step (once, ~1 min)..." in seen["stderr"]
+    # The API says so when it is about to compile (whoever asked), not when a built step is there.
+    from decoderlm.generate.options import GenerationOptions
+
+    model, prompt = decoderlm.load(run_dir).model, torch.ones(1, 3, dtype=torch.long)
+    opts = GenerationOptions(max_new_tokens=8)
+    monkeypatch.setattr(api, "compiled_already", lambda *a: False)
+    for compile in (True, None):
+        assert api._choose_compile(compile, model, prompt, None, opts) is (compile is True)
+    assert capsys.readouterr().err.count("compiling the decoding step") == 1  # None: 8 tokens do not pay
+    monkeypatch.setattr(api, "compiled_already", lambda *a: True)
+    assert api._choose_compile(True, model, prompt, None, opts)
+    assert "compiling" not in capsys.readouterr().err
 
 
 # -- info ---------------------------------------------------------------------------------------------

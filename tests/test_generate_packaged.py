@@ -123,3 +123,31 @@ def test_a_library_is_written_whole_or_not_at_all(step_dir, monkeypatch):
     with pytest.raises(RuntimeError, match="compiler crashed"):
         packaged._build(tiny(), 1, 64, step_dir / ("0" * 40 + ".so"))
     assert list(step_dir.iterdir()) == []
+
+
+def test_a_model_export_cannot_capture_falls_back_to_compiling_in_process(step_dir, monkeypatch):
+    """Warned once; later generations with that model go straight to torch.compile."""
+    monkeypatch.setattr(packaged, "_build", lambda *a: (_ for _ in ()).throw(RuntimeError("cannot export")))
+    model = tiny()
+    with pytest.warns(UserWarning, match="compiling it in this process instead"):
+        assert packaged.packaged_step_or_none(model, 1, 64) is None
+    monkeypatch.setattr(packaged, "_build", lambda *a: pytest.fail("tried again"))
+    assert packaged.packaged_step_or_none(model, 1, 64) is None
+
+
+def test_an_unreadable_library_is_replaced(step_dir, monkeypatch):
+    model = tiny()
+    path = step_dir / f"{packaged._key(model, 1, 64)}.so"
+    step_dir.mkdir(parents=True)
+    path.write_bytes(b"not a library")
+    built = []
+
+    def build(model, batch, cache_len, where):
+        built.append(where)
+        where.write_bytes(b"rebuilt")
+
+    monkeypatch.setattr(packaged, "_build", build)
+    monkeypatch.setattr(packaged, "_load", lambda p: (_ for _ in ()).throw(RuntimeError("bad ELF"))
+                        if p.read_bytes() == b"not a library" else "runner")
+    step = packaged.packaged_step(model, 1, 64)
+    assert built == [path] and step.runner == "runner"

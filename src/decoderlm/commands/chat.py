@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from decoderlm.commands.generate import (add_sampling_flags, add_system_flag, chat_renderer, compile_notice,
+from decoderlm.commands.generate import (add_sampling_flags, add_system_flag, chat_renderer,
                                          load_model, one_line_warnings, sampling_kwargs)
 from decoderlm.errors import DecoderLMError
 
@@ -58,8 +58,6 @@ def chat_command(args) -> int:
                 continue
             if not command:
                 continue
-            if turn == 0:
-                compile_notice(args)
             turn_seed = None if seed is None else seed + turn  # reproducible, yet each turn differs
             turn += 1
             if conversation is not None:

@@ -32,8 +32,9 @@ def add_sampling_flags(p, *, max_new_tokens: int, temperature: float) -> None:
                    help="float32, bfloat16 or float16 (default: bfloat16 where the CPU or GPU runs it natively)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="decode with a compiled one-token step: several times faster per token after a "
-                        "compile of about a minute the first time, seconds once cached on disk (default: "
-                        "when the generation is long enough to pay; --no-compile never)")
+                        "build of about a minute the first time; later runs load the built step in a "
+                        "fraction of a second (default: when it is built already or the generation is "
+                        "long enough to pay; --no-compile never)")
     p.add_argument("--quantize", choices=("int8", "int4"), default=None,
                    help="quantize the linear layers' weights while loading (see `decoderlm quantize`)")
     p.add_argument("--draft", metavar="RUN_OR_HF_DIR", default=None,
@@ -124,12 +125,6 @@ def one_line_warnings():
         warnings.showwarning = shown
 
 
-def compile_notice(args) -> None:
-    """The compiled decode step takes a while to build: say so before the silence."""
-    if args.compile and getattr(args, "num_beams", 1) == 1:
-        print("decoderlm: compiling the decode step (once, ~1 min)...", file=sys.stderr, flush=True)
-
-
 def _require_memory(lm, args, prompts: list[str]) -> None:
     """Before the prompts are repeated --num-samples times: refuse what cannot fit, in one line."""
     from decoderlm.generate.options import require_decoding_memory
@@ -160,7 +155,6 @@ def generate_command(args) -> int:
         conversations = [_one_turn(args.system, text) for text in texts]
         prompts = [renderer.prompt_ids(messages) for messages in conversations]
         kwargs["eos_token_id"] = renderer.stop_token_ids()  # the reply ends at the end-of-turn token
-    compile_notice(args)
     with one_line_warnings():
         if args.stream:
             _stream(lm, prompts[0], args.max_new_tokens, kwargs, echo=not args.chat)

@@ -106,9 +106,9 @@ def _choose_compile(compile, model, prompt, mask, opts) -> bool:
     padded = mask is not None and not bool(mask.bool().all())
     chosen = choose_compile(compile, model, opts.max_new_tokens, prompt.shape[0], opts.num_beams,
                             prompt_len=prompt.shape[1], padded=padded)
-    if chosen and compile is None and opts.num_beams == 1 and opts.max_new_tokens and \
+    if chosen and opts.num_beams == 1 and opts.max_new_tokens and \
             not compiled_already(model, prompt.shape[0], prompt.shape[1], opts.max_new_tokens, padded):
-        announce_compile()  # compile=True was asked for (the command line says so itself)
+        announce_compile()
     return chosen
 
 
@@ -120,7 +120,7 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     # A text that would outgrow the context is refused here, not when a stream is first read.
     speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)
     chosen = choose_compile(compile, model, opts.max_new_tokens, kind="speculative")
-    if chosen and compile is None and not is_compiled(model, verify_logits):
+    if chosen and not is_compiled(model, verify_logits):
         announce_compile()
     compile = chosen
 

@@ -52,8 +52,8 @@ class Sequences:
             from decoderlm.generate.compiled import compiled_step
 
             if packaged.supported(model, padded=self.valid is not None):
-                self.step = packaged.packaged_step(model, B, cache_len)
-            else:
+                self.step = packaged.packaged_step_or_none(model, B, cache_len)
+            if self.step is None:
                 self.step = compiled_step(model)
         self.next_pos = None  # (B, 1) position of the next token when there is padding
         self.warned = False

@@ -58,9 +58,9 @@ def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens:
 
 
 def announce_compile() -> None:
-    """The one line shown before the auto choice compiles (compile=True callers announce it themselves)."""
-    print("decoderlm: compiling the decoding step (tens of seconds; compile=False / --no-compile skips it)",
-          file=sys.stderr, flush=True)
+    """The one line shown before a decoding step is compiled (not when a built one is loaded)."""
+    print("decoderlm: compiling the decoding step (tens of seconds, once; compile=False / --no-compile "
+          "skips it)", file=sys.stderr, flush=True)
 
 
 def default_dtype(device: torch.device | str | None) -> torch.dtype:

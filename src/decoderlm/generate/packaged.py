@@ -40,6 +40,7 @@ _NAME = re.compile(r"^[0-9a-f]{40}\.so$")
 # model -> (weights' version counters, {(batch, cache length): step}) for this process
 _LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _HASHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (versions, weights hash)
+_UNSUPPORTED: "weakref.WeakSet" = weakref.WeakSet()  # models whose build failed (warned once)
 
 
 def directory() -> Path:
@@ -89,12 +90,34 @@ def packaged_step(model, batch: int, cache_len: int) -> PackagedStep:
     step = entry[1].get((batch, cache_len))
     if step is None:
         path = directory() / f"{_key(model, batch, cache_len)}.so"
-        if not path.is_file():
+        runner = None
+        if path.is_file():
+            try:
+                runner = _load(path)
+            except RuntimeError:  # unreadable (another torch, a damaged disk): ours to replace
+                path.unlink(missing_ok=True)
+        if runner is None:
             _build(model, batch, cache_len, path)
-        step = PackagedStep(_load(path))
+            runner = _load(path)
         os.utime(path)  # recently used: kept
-        entry[1][(batch, cache_len)] = step
+        step = entry[1][(batch, cache_len)] = PackagedStep(runner)
     return step
+
+
+def packaged_step_or_none(model, batch: int, cache_len: int) -> PackagedStep | None:
+    """packaged_step, or None (with a warning, once per model) where torch.export cannot capture the
+    model (layers with data-dependent Python control flow): then torch.compile compiles it in process."""
+    if model in _UNSUPPORTED:
+        return None
+    try:
+        return packaged_step(model, batch, cache_len)
+    except Exception as err:  # export and AOTInductor raise many types; the fallback is always exact
+        if model not in _UNSUPPORTED:
+            _UNSUPPORTED.add(model)
+            warnings.warn(f"could not build the decoding step ahead of time ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); compiling it in this process instead",
+                          stacklevel=3)
+        return None
 
 
 def _key(model, batch: int, cache_len: int) -> str:

@@ -1,11 +1,12 @@
-"""Faster layers for training on CPU, applied to a built model from outside.
+"""Faster layers for training and decoding on CPU, applied to a built model from outside.
 
 The model (decoderlm.model) is the plain PyTorch reference. `apply_cpu_kernels(model)` swaps some
 of its layers for subclasses that override one method with a kernel (layers.py): compiled
 RMSNorm, SwiGLU and rotary embedding, a faster attention backward, and a head + cross-entropy
-over chunks of rows. Parameters, state_dict and results stay those of the reference (tested layer
-by layer). Each kernel falls back to the plain op where it does not pay: inference, tiny tensors,
-other devices, inside a whole-model torch.compile, or without a working C++ compiler.
+over chunks of rows for training; for decoding, a bf16 step's single query laid out as several
+rows (decoding_attention.py). Parameters, state_dict and results stay those of the reference
+(tested layer by layer). Each kernel falls back to the plain op where it does not pay: tiny
+tensors, other devices, inside a whole-model torch.compile, or without a working C++ compiler.
 """
 
 from __future__ import annotations
