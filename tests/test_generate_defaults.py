@@ -44,3 +44,18 @@ def test_cache_lengths_are_bucketed_and_the_cli_dtype_follows_the_hardware():
     assert static_cache_length(1024, 17) == 256 and static_cache_length(1024, 300) == 512
     assert static_cache_length(48, 30) == 48
     assert default_dtype("cpu") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+
+
+def test_mixture_of_experts_models_decode_eagerly_and_refuse_compile_in_one_line():
+    from decoderlm import DecoderLM, ModelConfig
+    from decoderlm.errors import DecoderLMError
+    from decoderlm.generate import generate
+
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=50, max_seq_len=32, d_model=32, n_layer=1, n_head=2, ffn="moe",
+                                  n_experts=4, experts_per_token=2)).eval()
+    assert not choose_compile(None, model, 10 ** 6)  # would pay, cannot compile
+    prompt = torch.tensor([[1, 2, 3]])
+    assert generate(model, prompt, 4, temperature=0).shape == (1, 7)
+    with pytest.raises(DecoderLMError, match="mixture-of-experts"):
+        generate(model, prompt, 4, temperature=0, compile=True)

@@ -45,6 +45,9 @@ def test_built_once_then_loaded_by_a_new_process_without_compiling(step_dir, mon
     assert not choose_compile(None, model, 24, prompt_len=6)  # nothing built: too short to pay
 
     assert torch.equal(generate(model, prompt, 24, temperature=0, compile=True), eager)
+    with pytest.warns(Warning):  # past the 64-token window: the cache is cropped, refilled, stepped on
+        assert torch.equal(generate(model, prompt, 80, temperature=0, compile=True),
+                           generate(model, prompt, 80, temperature=0, compile=False))
     libraries = list(step_dir.iterdir())
     assert len(libraries) == 1 and libraries[0].suffix == ".so" and len(libraries[0].stem) == 40
 

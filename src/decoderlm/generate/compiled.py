@@ -43,6 +43,9 @@ def is_compiled(model, fn=_decode_step) -> bool:
 def compiled_step(model, fn=_decode_step):
     """`fn(model, *args)` compiled for `model` (default: the one-token decode step), compiled on first
     use: tens of seconds on CPU in every new process (frozen graphs bypass inductor's on-disk cache)."""
+    from decoderlm.generate.defaults import require_compilable
+
+    require_compilable(model)
     device = model.tok_emb.weight.device
     if not can_compile(device):
         raise DecoderLMError(f"compiled decoding is not available on {device.type} here "

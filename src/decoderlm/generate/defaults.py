@@ -19,6 +19,7 @@ import sys
 import torch
 
 from decoderlm.compile_support import can_compile
+from decoderlm.errors import DecoderLMError
 
 PAYS_AFTER_TOKENS = 16384
 STATIC_CACHE_BUCKET = 256  # compiled caches are rounded up to this, so nearby lengths share a graph
@@ -33,6 +34,10 @@ def choose_compile(compile: bool | None, model, new_tokens: int, batch_size: int
     """Resolve compile=None (auto) as described above; True/False are returned as given.
     kind: which compiled functions (the plain step, or speculative decoding's); prompt_len and
     padded: the plain step's call, to look for a step built ahead of time (packaged.py)."""
+    if model.config.ffn == "moe":
+        if compile:
+            require_compilable(model)
+        return False
     if compile is not None:
         return bool(compile)
     device = model.tok_emb.weight.device
@@ -42,6 +47,13 @@ def choose_compile(compile: bool | None, model, new_tokens: int, batch_size: int
     if kind == "step" and compiled_already(model, batch_size, prompt_len, new_tokens, padded):
         return True
     return batch_size * new_tokens >= PAYS_AFTER_TOKENS
+
+
+def require_compilable(model) -> None:
+    """Experts are picked per token in Python (moe): there is no fixed graph to compile."""
+    if model.config.ffn == "moe":
+        raise DecoderLMError("compiled decoding cannot capture mixture-of-experts layers (each token's "
+                             "experts are chosen at run time); generate without --compile")
 
 
 def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens: int, padded: bool) -> bool:
