@@ -25,9 +25,9 @@ class StaticCacheRunner:
     def __init__(self, model, max_len: int, compiled: bool):
         self.model = model
         self.cache = model.new_cache(1, max_len, static=True)
-        self._step = compiled_step(model) if compiled else (lambda *a, repeat: _decode_step(model, *a))
-        self._verify = compiled_step(model, verify_logits) if compiled else (lambda *a, repeat: verify_logits(model, *a))
-        self._ran: set[str] = set()  # which of the two ran once: later calls have the same shapes
+        self.compiled = compiled
+        self._ran: set[str] = set()  # which calls ran once: later calls have the same shapes
+        self._calls: dict[str, object] = {}
 
     @property
     def filled(self) -> int:
@@ -47,12 +47,39 @@ class StaticCacheRunner:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""
         token = token.reshape(1, 1).clone(memory_format=torch.contiguous_format)
+        call = self._call("step", 1)
         # a compiled graph may reuse its output buffer: copy
-        return self._step(token, self.cache, None, None, repeat=self._once("step")).clone()
+        return call(token, self.cache, None, None, repeat=self._once("step")).clone()
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T,) tokens at positions filled.. -> float32 logits (T, V), each for the token after it."""
-        return self._verify(tokens.view(1, -1), self.cache, repeat=self._once(f"verify {tokens.shape[0]}")).clone()
+        T = tokens.shape[0]
+        call = self._call("verify", T)
+        logits = call(tokens.view(1, -1).clone(memory_format=torch.contiguous_format), self.cache,
+                      repeat=self._once(f"verify {T}"))
+        return logits.clone()
+
+    def _call(self, kind: str, tokens: int):
+        """The model call `kind` for `tokens` new tokens: eager, built ahead of time, or torch.compile."""
+        name = f"{kind} {tokens}"
+        if name not in self._calls:
+            self._calls[name] = self._make_call(kind, tokens)
+        return self._calls[name]
+
+    def _make_call(self, kind: str, tokens: int):
+        fn = _decode_step if kind == "step" else verify_logits
+        if not self.compiled:
+            return lambda *args, repeat: fn(self.model, *args)
+        from decoderlm.generate import packaged
+
+        built = None
+        if packaged.supported(self.model, padded=False):
+            built = packaged.packaged_step_or_none(self.model, 1, self.cache.max_len, kind, tokens)
+        if built is None:
+            return compiled_step(self.model, fn)
+        if kind == "step":
+            return built
+        return lambda tokens, cache, repeat: built(tokens, cache)
 
     def _once(self, call: str) -> bool:
         """Whether `call` (with these shapes) ran before; marks it as run."""

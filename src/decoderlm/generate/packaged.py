@@ -10,7 +10,8 @@ A library is named by a hash of everything its code depends on: the weights' byt
 layers and config, dtype, batch size, cache length, thread count, torch version and CPU. It lives in
 `~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOME honoured), written atomically; the
 least recently used beyond KEEP are deleted (only files named like ours, in that directory).
-Sequences with padding, speculative decoding, quantized models and GPUs use `compiled.compiled_step`.
+Speculative decoding's calls (a draft's step, the target's verification) are built the same way.
+Sequences with padding, quantized models and GPUs use `compiled.compiled_step`.
 """
 
 from __future__ import annotations
@@ -58,38 +59,40 @@ def supported(model, padded: bool) -> bool:
 
 
 class PackagedStep:
-    """Called like `compiled.compiled_step`'s function: (token (B, 1), cache, valid, positions) ->
-    float32 logits (B, V); writes the token's keys and values into the cache and advances it."""
+    """Called like `compiled.compiled_step`'s function: (tokens (B, T), cache, valid, positions) ->
+    float32 logits; writes the tokens' keys and values into the cache and advances it."""
 
     def __init__(self, runner):
         self.runner = runner
 
-    def __call__(self, token, cache, valid=None, positions=None, repeat: bool = False):
+    def __call__(self, tokens, cache, valid=None, positions=None, repeat: bool = False):
         assert valid is None and positions is None, "packaged steps are built for unpadded batches"
-        logits = self.runner.run([token, cache.length, *cache.k, *cache.v])[0]
-        cache.advance(token.shape[1])
+        logits = self.runner.run([tokens, cache.length, *cache.k, *cache.v])[0]
+        cache.advance(tokens.shape[1])
         return logits
 
 
 def ready(model, batch: int, cache_len: int) -> bool:
-    """Whether the step is loaded in this process or built on disk: using it costs no compile."""
+    """Whether the one-token step is loaded in this process or built on disk: using it costs no compile."""
     entry = _LOADED.get(model)
-    if entry is not None and entry[0] == _weights_version(model) and (batch, cache_len) in entry[1]:
+    if entry is not None and entry[0] == _weights_version(model) and ("step", batch, cache_len, 1) in entry[1]:
         return True
     return (directory() / f"{_key(model, batch, cache_len)}.so").is_file()
 
 
-def packaged_step(model, batch: int, cache_len: int) -> PackagedStep:
-    """The step for this model, batch size and cache length: from this process, from disk, or built
-    (tens of seconds, once per machine)."""
+def packaged_step(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1) -> PackagedStep:
+    """The compiled call for this model, batch size and cache length, from this process, from disk,
+    or built (tens of seconds, once per machine). kind "step": one token -> (B, V) logits of the next;
+    "verify" (speculative decoding, batch 1): `tokens` tokens -> (tokens, V) logits, one per position."""
     version = _weights_version(model)
     entry = _LOADED.get(model)
     if entry is None or entry[0] != version:
         entry = (version, {})
         _LOADED[model] = entry
-    step = entry[1].get((batch, cache_len))
+    shape = (kind, batch, cache_len, tokens)
+    step = entry[1].get(shape)
     if step is None:
-        path = directory() / f"{_key(model, batch, cache_len)}.so"
+        path = directory() / f"{_key(model, batch, cache_len, kind, tokens)}.so"
         runner = None
         if path.is_file():
             try:
@@ -97,20 +100,21 @@ def packaged_step(model, batch: int, cache_len: int) -> PackagedStep:
             except RuntimeError:  # unreadable (another torch, a damaged disk): ours to replace
                 path.unlink(missing_ok=True)
         if runner is None:
-            _build(model, batch, cache_len, path)
+            _build(model, batch, cache_len, path, kind, tokens)
             runner = _load(path)
         os.utime(path)  # recently used: kept
-        step = entry[1][(batch, cache_len)] = PackagedStep(runner)
+        step = entry[1][shape] = PackagedStep(runner)
     return step
 
 
-def packaged_step_or_none(model, batch: int, cache_len: int) -> PackagedStep | None:
+def packaged_step_or_none(model, batch: int, cache_len: int, kind: str = "step",
+                          tokens: int = 1) -> PackagedStep | None:
     """packaged_step, or None (with a warning, once per model) where torch.export cannot capture the
     model (layers with data-dependent Python control flow): then torch.compile compiles it in process."""
     if model in _UNSUPPORTED:
         return None
     try:
-        return packaged_step(model, batch, cache_len)
+        return packaged_step(model, batch, cache_len, kind, tokens)
     except Exception as err:  # export and AOTInductor raise many types; the fallback is always exact
         if model not in _UNSUPPORTED:
             _UNSUPPORTED.add(model)
@@ -120,7 +124,7 @@ def packaged_step_or_none(model, batch: int, cache_len: int) -> PackagedStep | N
         return None
 
 
-def _key(model, batch: int, cache_len: int) -> str:
+def _key(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1) -> str:
     version = _weights_version(model)
     cached = _HASHES.get(model)
     if cached is None or cached[0] != version:
@@ -132,37 +136,43 @@ def _key(model, batch: int, cache_len: int) -> str:
         _HASHES[model] = cached
     layers = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in model.modules()})
     about = {"format": FORMAT, "weights": cached[1], "config": model.config.to_dict(), "layers": layers,
-             "dtype": str(model.tok_emb.weight.dtype), "batch": batch, "cache": cache_len,
+             "dtype": str(model.tok_emb.weight.dtype), "kind": kind, "batch": batch, "cache": cache_len,
+             "tokens": tokens,
              "threads": torch.get_num_threads(), "torch": torch.__version__,
              "cpu": torch.backends.cpu.get_cpu_capability(), "python": sys.version_info[:2]}
     return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class _StepModule(nn.Module):
-    """The step over flat tensors, as torch.export takes it: the cache's buffers are inputs that the
+    """The call over flat tensors, as torch.export takes it: the cache's buffers are inputs that the
     compiled code writes in place."""
 
-    def __init__(self, model):
+    def __init__(self, model, kind: str):
         super().__init__()
-        self.model = model
+        self.model, self.kind = model, kind
 
-    def forward(self, token, length, keys, values):
-        return _decode_step(self.model, token, KVCache.wrapping(keys, values, length), None, None)
+    def forward(self, tokens, length, keys, values):
+        cache = KVCache.wrapping(keys, values, length)
+        if self.kind == "verify":
+            from decoderlm.generate.model_calls import verify_logits
+
+            return verify_logits(self.model, tokens, cache)
+        return _decode_step(self.model, tokens, cache, None, None)
 
 
-def _build(model, batch: int, cache_len: int, path: Path) -> None:
+def _build(model, batch: int, cache_len: int, path: Path, kind: str = "step", tokens: int = 1) -> None:
     import torch._inductor
     import torch._inductor.config as inductor_config
 
     use_persistent_cache()  # inductor's own caches (C++ builds, autotuning) are reused too
     cache = model.new_cache(batch, cache_len, static=True)
-    example = (torch.zeros(batch, 1, dtype=torch.long), cache.length, tuple(cache.k), tuple(cache.v))
+    example = (torch.zeros(batch, tokens, dtype=torch.long), cache.length, tuple(cache.k), tuple(cache.v))
     path.parent.mkdir(parents=True, exist_ok=True)
     build_dir = Path(tempfile.mkdtemp(prefix=".build-", dir=path.parent))
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # export's notes on internals, not the user's business
-            program = torch.export.export(_StepModule(model), example, strict=False)
+            program = torch.export.export(_StepModule(model, kind), example, strict=False)
             with inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
                                        max_autotune_report_choices_stats=False):
                 built = torch._inductor.aot_compile(program.module(), example,
