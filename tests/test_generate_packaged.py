@@ -145,7 +145,7 @@ def test_an_unreadable_library_is_replaced(step_dir, monkeypatch):
     path.write_bytes(b"not a library")
     built = []
 
-    def build(model, batch, cache_len, where):
+    def build(model, batch, cache_len, where, *kind_and_tokens):
         built.append(where)
         where.write_bytes(b"rebuilt")
 

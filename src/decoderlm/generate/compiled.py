@@ -34,6 +34,15 @@ def _weights_version(model) -> tuple[int, ...]:
     return tuple(t._version for t in model.state_dict(keep_vars=True).values())
 
 
+# Autotuning times every matrix shape's candidate kernels, seconds per shape; in narrower models
+# the candidates differ by microseconds per step, so only the build time would grow.
+AUTOTUNE_FROM_WIDTH = 256
+
+
+def worth_autotuning(model) -> bool:
+    return model.config.d_model >= AUTOTUNE_FROM_WIDTH
+
+
 def is_compiled(model, fn=_decode_step) -> bool:
     """Whether `fn` is already compiled for `model`'s current weights (then using it costs nothing)."""
     entry = _COMPILED.get(model, {}).get(fn.__name__)
@@ -62,7 +71,8 @@ def compiled_step(model, fn=_decode_step):
         # Every model (and cache shape) is one more entry in the cache of fn's code object; past
         # torch's default of 8 entries dynamo would silently fall back to eager.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        step = torch.compile(fn, fullgraph=True, dynamic=False, mode="max-autotune-no-cudagraphs")
+        mode = "max-autotune-no-cudagraphs" if worth_autotuning(model) else "default"
+        step = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
         entry = (version, step)
         entries[fn.__name__] = entry
     step = entry[1]

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from decoderlm.compile_support import can_compile, use_persistent_cache
-from decoderlm.generate.compiled import _decode_step, _weights_version
+from decoderlm.generate.compiled import _decode_step, _weights_version, worth_autotuning
 from decoderlm.model.cache import KVCache
 
 KEEP = 8  # libraries kept on disk (each about twice the size of the model's weights)
@@ -173,8 +173,8 @@ def _build(model, batch: int, cache_len: int, path: Path, kind: str = "step", to
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # export's notes on internals, not the user's business
             program = torch.export.export(_StepModule(model, kind), example, strict=False)
-            with inductor_config.patch(freezing=True, max_autotune=True, autotune_num_choices_displayed=0,
-                                       max_autotune_report_choices_stats=False):
+            with inductor_config.patch(freezing=True, max_autotune=worth_autotuning(model),
+                                       autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False):
                 built = torch._inductor.aot_compile(program.module(), example,
                                                     options={"aot_inductor.output_path": str(build_dir / "step.so")})
         os.replace(built, path)  # atomic: a reader sees no library or a whole one
