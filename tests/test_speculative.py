@@ -131,3 +131,32 @@ def test_compiled_draft_and_verification_steps_decode_the_same_tokens():
     plain = generate(TARGET, prompt, 20, temperature=0, compile=False)
     assert torch.equal(generate(TARGET, prompt, 20, temperature=0, draft_model=DRAFT, compile=True), plain)
     assert torch.equal(generate(TARGET, prompt, 20, temperature=0, prompt_lookup=4, compile=True), plain)
+
+
+def test_failed_guesses_back_off_to_plain_steps_without_changing_the_text(monkeypatch):
+    """Rounds that keep nothing make the next 1, 2, 4 ... 16 tokens ordinary steps; a kept guess resets."""
+    from decoderlm.generate.model_calls import StaticCacheRunner
+    from decoderlm.generate.speculative import Backoff
+
+    backoff, plain = Backoff(), []
+    for kept in (0, 0, 0, 2, 0):
+        backoff.after_round(kept)
+        steps = 0
+        while backoff.plain_now():
+            steps += 1
+        plain.append(steps)
+    assert plain == [1, 2, 4, 0, 1]
+
+    calls = {"verify": 0, "step": 0}
+    for name in calls:
+        original = getattr(StaticCacheRunner, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            calls[_name] += 1
+            return _original(self, *args)
+
+        monkeypatch.setattr(StaticCacheRunner, name, counted)
+    prompt = next(prompts(1))
+    plain_ids = generate(TARGET, prompt, 40, temperature=0, compile=False)
+    assert torch.equal(generate(TARGET, prompt, 40, temperature=0, prompt_lookup=4, compile=False), plain_ids)
+    assert calls["step"] > 0 and calls["verify"] + calls["step"] <= 40

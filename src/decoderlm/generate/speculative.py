@@ -101,14 +101,19 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
         target.prefill(seq[:n - 1])
         source.prefill(seq[:n])
     view = _Generated(seq, P)
+    backoff = Backoff()
     while n < P + opts.max_new_tokens:
         with torch.inference_mode():
-            drafts, q = source.propose(seq[:n], k, chooser)
-            logits = target.verify(torch.cat([seq[n - 1:n], drafts]))
-            kept, own = accept(logits, drafts, q, chooser)
-            new = torch.cat([drafts[:kept], own])
-            target.filled = n + kept
-            source.keep(n + kept)
+            if backoff.plain_now():  # the last guesses all failed: one ordinary step
+                new = chooser(target.step(seq[n - 1]))[0]
+            else:
+                drafts, q = source.propose(seq[:n], k, chooser)
+                logits = target.verify(torch.cat([seq[n - 1:n], drafts]))
+                kept, own = accept(logits, drafts, q, chooser)
+                backoff.after_round(kept)
+                new = torch.cat([drafts[:kept], own])
+                target.filled = n + kept
+                source.keep(n + kept)
         for token in new[:P + opts.max_new_tokens - n]:
             seq[n] = token
             n += 1
@@ -116,6 +121,33 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
             yield token.view(1).clone()
             if int(token) in eos or (stop_fn is not None and _stopped(stop_fn(view))):
                 return
+
+
+class Backoff:
+    """When a round keeps none of its guesses, the next 1, 2, 4 ... 16 tokens (doubling while rounds
+    keep failing) are decoded by ordinary steps, which cost a fraction of a verification; a round that
+    keeps a guess resets it. Text the guesses cannot predict then costs little more than plain
+    decoding. (transformers' assisted generation adapts its guess count for the same reason; here the
+    verification keeps one shape, so it can stay compiled.) Either way each token is drawn as plain
+    decoding draws it, so outputs and distributions do not change."""
+
+    LONGEST = 16
+
+    def __init__(self):
+        self.length, self.left = 1, 0
+
+    def plain_now(self) -> bool:
+        if self.left:
+            self.left -= 1
+            return True
+        return False
+
+    def after_round(self, kept: int) -> None:
+        if kept:
+            self.length = 1
+        else:
+            self.left = self.length
+            self.length = min(2 * self.length, self.LONGEST)
 
 
 def speculative_cache_length(model, prompt_len: int, max_new_tokens: int, prompt_lookup, draft_model) -> int:
