@@ -48,13 +48,9 @@ class Sequences:
         self.step = None
         self.stepped = False  # the compiled step ran once: later calls have the same shapes
         if compiled:
-            from decoderlm.generate import packaged
-            from decoderlm.generate.compiled import compiled_step
+            from decoderlm.generate.packaged import compiled_call
 
-            if packaged.supported(model, padded=self.valid is not None):
-                self.step = packaged.packaged_step_or_none(model, B, cache_len)
-            if self.step is None:
-                self.step = compiled_step(model)
+            self.step = compiled_call(model, B, cache_len, padded=self.valid is not None)
         self.next_pos = None  # (B, 1) position of the next token when there is padding
         self.warned = False
 

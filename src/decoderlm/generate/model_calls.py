@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from decoderlm.generate.compiled import _decode_step, compiled_step
+from decoderlm.generate.compiled import _decode_step
 from decoderlm.generate.inputs import causal_mask
 
 
@@ -26,8 +26,7 @@ class StaticCacheRunner:
         self.model = model
         self.cache = model.new_cache(1, max_len, static=True)
         self.compiled = compiled
-        self._ran: set[str] = set()  # which calls ran once: later calls have the same shapes
-        self._calls: dict[str, object] = {}
+        self._calls: dict[str, object] = {}  # "step 1" / "verify T" -> the call, made at its first use
 
     @property
     def filled(self) -> int:
@@ -47,42 +46,27 @@ class StaticCacheRunner:
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""
         token = token.reshape(1, 1).clone(memory_format=torch.contiguous_format)
-        call = self._call("step", 1)
+        call, repeat = self._call("step", 1)
         # a compiled graph may reuse its output buffer: copy
-        return call(token, self.cache, None, None, repeat=self._once("step")).clone()
+        return call(token, self.cache, None, None, repeat=repeat).clone()
 
     def verify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(T,) tokens at positions filled.. -> float32 logits (T, V), each for the token after it."""
-        T = tokens.shape[0]
-        call = self._call("verify", T)
-        logits = call(tokens.view(1, -1).clone(memory_format=torch.contiguous_format), self.cache,
-                      repeat=self._once(f"verify {T}"))
-        return logits.clone()
+        call, repeat = self._call("verify", tokens.shape[0])
+        tokens = tokens.view(1, -1).clone(memory_format=torch.contiguous_format)
+        return call(tokens, self.cache, repeat=repeat).clone()
 
     def _call(self, kind: str, tokens: int):
-        """The model call `kind` for `tokens` new tokens: eager, built ahead of time, or torch.compile."""
+        """(the model call `kind` for `tokens` new tokens, whether it ran before with these shapes)."""
         name = f"{kind} {tokens}"
-        if name not in self._calls:
-            self._calls[name] = self._make_call(kind, tokens)
-        return self._calls[name]
+        if name in self._calls:
+            return self._calls[name], True
+        if self.compiled:
+            from decoderlm.generate.packaged import compiled_call
 
-    def _make_call(self, kind: str, tokens: int):
-        fn = _decode_step if kind == "step" else verify_logits
-        if not self.compiled:
-            return lambda *args, repeat: fn(self.model, *args)
-        from decoderlm.generate import packaged
-
-        built = None
-        if packaged.supported(self.model, padded=False):
-            built = packaged.packaged_step_or_none(self.model, 1, self.cache.max_len, kind, tokens)
-        if built is None:
-            return compiled_step(self.model, fn)
-        if kind == "step":
-            return built
-        return lambda tokens, cache, repeat: built(tokens, cache)
-
-    def _once(self, call: str) -> bool:
-        """Whether `call` (with these shapes) ran before; marks it as run."""
-        ran = call in self._ran
-        self._ran.add(call)
-        return ran
+            call = compiled_call(self.model, 1, self.cache.max_len, kind=kind, tokens=tokens)
+        else:
+            fn = _decode_step if kind == "step" else verify_logits
+            call = lambda *args, repeat: fn(self.model, *args)  # noqa: E731
+        self._calls[name] = call
+        return call, False

@@ -107,21 +107,22 @@ def packaged_step(model, batch: int, cache_len: int, kind: str = "step", tokens:
     return step
 
 
-def packaged_step_or_none(model, batch: int, cache_len: int, kind: str = "step",
-                          tokens: int = 1) -> PackagedStep | None:
-    """packaged_step, or None (with a warning, once per model) where torch.export cannot capture the
-    model (layers with data-dependent Python control flow): then torch.compile compiles it in process."""
-    if model in _UNSUPPORTED:
-        return None
-    try:
-        return packaged_step(model, batch, cache_len, kind, tokens)
-    except Exception as err:  # export and AOTInductor raise many types; the fallback is always exact
-        if model not in _UNSUPPORTED:
+def compiled_call(model, batch: int, cache_len: int, padded: bool = False, kind: str = "step", tokens: int = 1):
+    """The compiled model call for a generation: built ahead of time where that is supported and
+    torch.export can capture the model, else torch.compile in this process (`compiled.compiled_step`).
+    A model export cannot capture (data-dependent Python control flow) is warned about once."""
+    if supported(model, padded) and model not in _UNSUPPORTED:
+        try:
+            return packaged_step(model, batch, cache_len, kind, tokens)
+        except Exception as err:  # export and AOTInductor raise many types; the fallback is exact
             _UNSUPPORTED.add(model)
+            first_line = str(err).splitlines()[0][:200] if str(err) else ""
             warnings.warn(f"could not build the decoding step ahead of time ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); compiling it in this process instead",
-                          stacklevel=3)
-        return None
+                          f"{first_line}); compiling it in this process instead", stacklevel=3)
+    from decoderlm.generate.compiled import compiled_step
+    from decoderlm.generate.model_calls import verify_logits
+
+    return compiled_step(model, _decode_step if kind == "step" else verify_logits)
 
 
 def _key(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1) -> str:
