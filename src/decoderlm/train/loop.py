@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from decoderlm.checkpoint import STATE_VERSION
@@ -30,7 +28,7 @@ from decoderlm.kernels import apply_cpu_kernels
 from decoderlm.model import DecoderLM
 from decoderlm.rundir import RunDirectory
 from decoderlm.chat.dataset import ChatBatches
-from decoderlm.train import distributed, finetune
+from decoderlm.train import distributed, finetune, rng_state, validation
 from decoderlm.train import lora as train_lora
 from decoderlm.train.batches import accumulation_steps, micro_batches
 from decoderlm.train.budget import RunClock
@@ -93,7 +91,7 @@ class Trainer:
         if saved is not None:
             distributed.load_optimizer_state(self.wrapped, self.optimizer, saved["optimizer"], self.sharded)
             self.sampler.load_state_dict(saved["sampler"])
-            _restore_rng(saved.get("rng"))
+            rng_state.restore(saved.get("rng"))
         self.eval_enabled = cfg.eval_every > 0 and (len(data.val) > 0 if self.chat else len(data.val) > self.block)
         self.save_every = cfg.save_every or (cfg.eval_every if cfg.eval_every > 0 else 200)
         self.resumed = resume
@@ -138,13 +136,13 @@ class Trainer:
     def chat(self) -> bool:
         return isinstance(self.data, finetune.ChatData)
 
-    def _chat_batches(self, examples) -> ChatBatches:
+    def chat_batches(self, examples) -> ChatBatches:
         return ChatBatches(examples, self.block, self.cfg.batch_size, self.recipe.data.layout, self.cfg.seed)
 
     def _train_sampler(self):
         cfg = self.cfg
         if self.chat:
-            return finetune.ChatSampler(self._chat_batches(self.data.train))
+            return finetune.ChatSampler(self.chat_batches(self.data.train))
         # Every rank draws the same global batch and takes its own rows (see train/batches.py).
         if cfg.sampler == "sequential":
             return SequentialWindows(self.data.train, self.block, cfg.batch_size, stride=cfg.stride, seed=cfg.seed)
@@ -276,7 +274,7 @@ class Trainer:
             (loss * mb.weight).backward()
             if self.master:
                 self.master.collect_grads()
-            loss_sum += self._cross_entropy(loss) * mb.weight / self.dist.world_size
+            loss_sum += self.cross_entropy(loss) * mb.weight / self.dist.world_size
         loss = distributed.all_reduce_sum(loss_sum, self.dist).item()
         grad_norm = self._clip()
         if math.isfinite(grad_norm) and math.isfinite(loss):
@@ -304,7 +302,7 @@ class Trainer:
             return _restore_sync(self.wrapped)
         return self.wrapped.no_sync()
 
-    def _cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
+    def cross_entropy(self, loss: torch.Tensor) -> torch.Tensor:
         """What is logged and evaluated: the training loss less the MoE balance term."""
         return (loss - self.compute_model.aux_loss()).detach().float()
 
@@ -319,54 +317,8 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, deadline: float | None = None) -> tuple[float | None, int]:
-        """(mean validation loss, batches used) over `eval_batches` global batches, the same windows
-        every time (a fresh sampler with a fixed seed), so evaluations are comparable. With a
-        `deadline` (time.perf_counter), it stops before a batch that would end past it: a shrunk
-        evaluation (its first batches), or none at all (None, 0)."""
-        cfg, main = self.cfg, self.dist.is_main
-        if self.chat:  # held-out chat sets are small: always evaluated whole
-            return self._evaluate_chat(), cfg.eval_batches
-        sampler = RandomWindows(self.data.val, self.block, cfg.batch_size, seed=cfg.seed)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (loss * rows, rows)
-        bar = progress_bar(cfg.eval_batches, 0, self.progress and main, desc="evaluating", unit="batch", leave=False)
-        done = 0
-        self.wrapped.eval()
-        try:
-            for done in range(cfg.eval_batches):
-                late = deadline is not None and time.perf_counter() + self.clock.eval_batch_estimate() > deadline
-                if distributed.broadcast_flag(late, self.dist):  # every rank evaluates the same batches
-                    break
-                with self.clock.timing("eval_batch"):
-                    sums += self._eval_batch(sampler)
-                bar.update(1)
-            else:
-                done = cfg.eval_batches
-        finally:
-            self.wrapped.train()
-            bar.close()
-        sums = distributed.all_reduce_sum(sums, self.dist)
-        return (float(sums[0] / sums[1]) if done else None), done
-
-    @torch.no_grad()
-    def _evaluate_chat(self) -> float:
-        def loss_of(x, y, **extras):
-            with autocast(self.device, self.autocast_dtype):
-                return self._cross_entropy(self.compute_model(x, y, **extras))
-
-        self.wrapped.eval()
-        try:
-            return finetune.evaluate_chat(loss_of, self._chat_batches(self.data.val), self.device)
-        finally:
-            self.wrapped.train()
-
-    def _eval_batch(self, sampler) -> torch.Tensor:
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        x, y = sampler.next_batch()
-        for mb in micro_batches(x, y, self.dist.rank, self.dist.world_size, self.accum):
-            with autocast(self.device, self.autocast_dtype):
-                ce = self._cross_entropy(self.wrapped(mb.x.to(self.device), mb.y.to(self.device)))
-            sums += torch.stack([ce.double() * mb.rows, torch.tensor(mb.rows, device=self.device).double()])
-        return sums
+        """(mean validation loss, batches used): train/validation.py."""
+        return validation.evaluate(self, deadline)
 
     def _evaluate_and_track(self, bar) -> float | None:
         c, wanted = self.counters, self.cfg.eval_batches
@@ -439,7 +391,7 @@ class Trainer:
             if self.dist.is_main:
                 bar.set_description("saving", refresh=True)
                 state = {"version": STATE_VERSION, **self.counters, "optimizer": optim_state,
-                         "sampler": self.sampler.state_dict(), "rng": _rng_state(),
+                         "sampler": self.sampler.state_dict(), "rng": rng_state.capture(),
                          "world_size": self.dist.world_size}
                 self.run.save_last(weights, state)
                 # Without an evaluation yet, the last weights are the published ones.
@@ -481,24 +433,6 @@ def _restore_sync(module):
         yield
     finally:
         module.set_requires_gradient_sync(True)
-
-
-def _rng_state() -> dict:
-    """Rank 0's RNG states, for code outside the loop that draws random numbers (the loop itself
-    re-seeds per step). Plain types and tensors only, for weights_only loading."""
-    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_kind, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)]}
-
-
-def _restore_rng(state: dict | None) -> None:
-    if not state:
-        return
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 def train(recipe: Recipe, data, run_dir, *, resume: bool = False, overwrite: bool = False, **kwargs) -> TrainResult:
