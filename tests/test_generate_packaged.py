@@ -90,11 +90,36 @@ def test_the_name_follows_weights_shapes_and_layers():
     assert packaged._key(model, 1, 64) != key
 
 
-def test_padded_batches_and_quantized_models_compile_in_process():
+def test_padded_batches_compile_in_process():
     model = tiny()
     assert packaged.supported(model, padded=False) == can_compile(torch.device("cpu"))
     assert not packaged.supported(model, padded=True)
-    assert not packaged.supported(quantize_model(tiny().to(torch.bfloat16), "int8"), padded=False)
+
+
+@needs_compiler
+def test_a_quantized_model_is_built_with_its_calls_beside_the_library(step_dir):
+    """With decoderlm's int8/int4 kernels the library calls them through AOTInductor's proxy executor,
+    which reads `<name>.json`; the built step computes the eager model's logits (bf16: up to rounding),
+    in this process and in a later one."""
+    from decoderlm.generate.compiled import _decode_step
+    from decoderlm.kernels import quantized_matvec
+
+    model = quantize_model(tiny(), "int8").to(torch.bfloat16)
+
+    def logits(step) -> torch.Tensor:
+        cache = model.new_cache(1, 64, static=True)
+        return torch.cat([step(torch.tensor([[t]]), cache) for t in (5, 17, 3, 60, 8, 41)])
+
+    with torch.no_grad():
+        eager = logits(lambda tokens, cache: _decode_step(model, tokens, cache, None, None))
+        built = logits(packaged.compiled_call(model, 1, 64))
+        assert isinstance(packaged.compiled_call(model, 1, 64), packaged.PackagedStep)
+        assert (built - eager).abs().max() <= 0.02 * eager.abs().max()
+        (library,) = step_dir.glob("*.so")
+        assert library.with_suffix(".json").is_file() == quantized_matvec.ensure()
+        packaged._LOADED.clear()  # as a later process: both files are loaded, nothing is built
+        assert torch.equal(logits(packaged.packaged_step(model, 1, 64)), built)
+        assert list(step_dir.glob("*.so")) == [library]
 
 
 def test_only_the_most_recently_used_libraries_of_ours_are_kept(tmp_path):
@@ -102,17 +127,20 @@ def test_only_the_most_recently_used_libraries_of_ours_are_kept(tmp_path):
     for i in range(packaged.KEEP + 3):
         path = tmp_path / f"{i:040x}.so"
         path.write_bytes(b"x")
+        path.with_suffix(".json").write_text("{}")  # a quantized step's calls go with its library
         os.utime(path, (1000 + i, 1000 + i))
         mine.append(path)
-    other = tmp_path / "notes.txt"
+    other, other_json = tmp_path / "notes.txt", tmp_path / "settings.json"
     other.write_text("the user's")
+    other_json.write_text("{}")
     stale_build, fresh_build = tmp_path / ".build-old", tmp_path / ".build-now"
     stale_build.mkdir()
     fresh_build.mkdir()
     os.utime(stale_build, (1000, 1000))
     packaged._forget_old(tmp_path)
     assert [p.exists() for p in mine] == [False] * 3 + [True] * packaged.KEEP
-    assert other.exists() and fresh_build.exists() and not stale_build.exists()
+    assert [p.with_suffix(".json").exists() for p in mine] == [False] * 3 + [True] * packaged.KEEP
+    assert other.exists() and other_json.exists() and fresh_build.exists() and not stale_build.exists()
 
 
 def test_a_library_is_written_whole_or_not_at_all(step_dir, monkeypatch):

@@ -11,7 +11,9 @@ layers and config, dtype, batch size, cache length, thread count, torch version 
 `~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOME honoured), written atomically; the
 least recently used beyond KEEP are deleted (only files named like ours, in that directory).
 Speculative decoding's calls (a draft's step, the target's verification) are built the same way.
-Sequences with padding, quantized models and GPUs use `compiled.compiled_step`.
+A quantized model's library calls decoderlm's int8/int4 kernels (kernels/quantized_matvec.py) through
+AOTInductor's proxy executor, which reads the calls from `<hash>.json` beside the library; both files
+go together. Sequences with padding and GPUs use `compiled.compiled_step`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from torch import nn
 
 from decoderlm.compile_support import can_compile, use_persistent_cache
 from decoderlm.generate.compiled import _decode_step, _weights_version, worth_autotuning
+from decoderlm.kernels import quantized_matvec
 from decoderlm.model.cache import KVCache
+from decoderlm.quantize.swap import quantization_of
 
 KEEP = 8  # libraries kept on disk (each about twice the size of the model's weights)
 FORMAT = 1  # bump when the step's inputs or outputs change
@@ -51,11 +55,10 @@ def directory() -> Path:
 
 def supported(model, padded: bool) -> bool:
     """Whether this generation can use a packaged step (else: torch.compile in process)."""
-    from decoderlm.quantize.swap import quantization_of
-
     device = model.tok_emb.weight.device
-    return (not padded and device.type == "cpu" and can_compile(device)
-            and quantization_of(model) is None)
+    if quantization_of(model) is not None:
+        quantized_matvec.ensure()  # before export, so the step calls them; a library loads only with them
+    return not padded and device.type == "cpu" and can_compile(device)
 
 
 class PackagedStep:
@@ -140,6 +143,7 @@ def _key(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1)
              "dtype": str(model.tok_emb.weight.dtype), "kind": kind, "batch": batch, "cache": cache_len,
              "tokens": tokens,
              "threads": torch.get_num_threads(), "torch": torch.__version__,
+             "quantized kernels": quantized_matvec.ensure() if quantization_of(model) else None,
              "cpu": torch.backends.cpu.get_cpu_capability(), "python": sys.version_info[:2]}
     return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -178,6 +182,8 @@ def _build(model, batch: int, cache_len: int, path: Path, kind: str = "step", to
                                        autotune_num_choices_displayed=0, max_autotune_report_choices_stats=False):
                 built = torch._inductor.aot_compile(program.module(), example,
                                                     options={"aot_inductor.output_path": str(build_dir / "step.so")})
+        for calls in build_dir.glob("*.wrapper.json"):  # custom ops' calls, for the proxy executor
+            os.replace(calls, path.with_suffix(".json"))  # before the library: it is what readers look for
         os.replace(built, path)  # atomic: a reader sees no library or a whole one
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
@@ -202,4 +208,5 @@ def _forget_old(folder: Path) -> None:
     ours = [p for p in folder.iterdir() if _NAME.match(p.name)]
     ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for old in ours[KEEP:]:
+        old.with_suffix(".json").unlink(missing_ok=True)
         old.unlink(missing_ok=True)

@@ -4,6 +4,9 @@
 `aten._weight_int8pack_mm`. `Int4Linear`: 4-bit weights in groups of G input columns, each group
 with a scale and a zero (asymmetric, w = scale * (q - 8) + zero), through
 `aten._weight_int4pack_mm_for_cpu`. Activations stay in the model's dtype; only the weights shrink.
+When decoding (a few activation rows) in bf16 on a CPU with AVX-512 BF16, both use decoderlm's own
+matrix-vector kernels instead (kernels/quantized_matvec.py): torch's reach half the memory bandwidth
+there. They read the saved layout below as it is.
 
 Both kernels are fast in bfloat16 only: their float32 paths are plain loops, tens of times slower
 (docs/generation.md), so quantized models run in bf16 by default. torchao offers the same formats
@@ -17,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from decoderlm.kernels import quantized_matvec
 
 
 def _finish(y: torch.Tensor, bias, shape) -> torch.Tensor:
@@ -51,8 +56,11 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.scales.float()[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features), self.qweight,
-                                               self.scales.to(x.dtype))
+        rows = x.reshape(-1, self.in_features)
+        if quantized_matvec.usable(rows, self.scales):
+            y = torch.ops.decoderlm.int8_matvec(rows.contiguous(), self.qweight, self.scales)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales.to(x.dtype))
         return _finish(y, self.bias, x.shape)
 
     def extra_repr(self) -> str:
@@ -122,8 +130,13 @@ class Int4Linear(nn.Module):
         self.scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # (G, N, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features), self.packed,
-                                                       self.group_size, self.scales_and_zeros.to(x.dtype))
+        rows = x.reshape(-1, self.in_features)
+        if self.group_size % 64 == 0 and quantized_matvec.usable(rows, self.scales, self.zeros):
+            y = torch.ops.decoderlm.int4_matvec(rows.contiguous(), self.qweight, self.scales, self.zeros,
+                                                self.group_size)
+            return _finish(y, self.bias, x.shape)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group_size,
+                                                       self.scales_and_zeros.to(x.dtype))
         if y.shape[-1] != self.out_features:
             y = y[:, :self.out_features]
         return _finish(y, self.bias, x.shape)

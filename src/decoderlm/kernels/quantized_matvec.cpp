@@ -1,0 +1,167 @@
+// Int8 and int4 weight-only matrix-vector products for decoding on CPU (a few rows of activations
+// against a whole weight matrix), hand-written because torch's kernels for these formats
+// (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) run far below the memory bandwidth at batch 1
+// (docs/generation.md). Needs AVX-512 with BF16; quantized_matvec.py builds this file only where
+// the CPU has both, and uses torch's kernels elsewhere.
+//
+// Both kernels walk the weights once, in the order they lie in memory, a block of 4 output rows
+// at a time (4 independent sums hide the latency of each multiply-add), and ask for the next block
+// ahead of time (_mm_prefetch): without that the stream of weights stalls at a fraction of the
+// bandwidth. The op schemas are declared in Python (quantized_matvec.py); this file implements them.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int kBlock = 4;  // output rows per block
+
+float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+// ---- int8: w[n, k] = q[n, k] * scale[n] --------------------------------------------------------
+
+// Rows n .. n+R-1 of y[m] for every m < M; x holds the M activation rows in float32.
+template <int R>
+void int8_block(const float* x, int64_t M, int64_t K, const int8_t* q, const c10::BFloat16* scale,
+                c10::BFloat16* y, int64_t N, int64_t n) {
+  for (int64_t m = 0; m < M; ++m) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      if (m == 0) _mm_prefetch(reinterpret_cast<const char*>(q + (n + R) * K + R * k), _MM_HINT_T0);
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      for (int r = 0; r < R; ++r) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + (n + r) * K + k));
+        acc[r] = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), acc[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(acc[r]) * bf16_to_float(scale[n + r]);
+  }
+}
+
+at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(K % 16 == 0 && q.size(1) == K, "int8_matvec: in_features must match and be a multiple of 16");
+  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(), "int8_matvec: contiguous inputs");
+  std::vector<float> xf(M * K);
+  const auto* xb = x.const_data_ptr<c10::BFloat16>();
+  for (int64_t i = 0; i < M * K; ++i) xf[i] = bf16_to_float(xb[i]);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const auto* qp = q.const_data_ptr<int8_t>();
+  const auto* sp = scales.const_data_ptr<c10::BFloat16>();
+  auto* yp = y.mutable_data_ptr<c10::BFloat16>();
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b * kBlock;
+      if (n + kBlock <= N) {
+        int8_block<kBlock>(xf.data(), M, K, qp, sp, yp, N, n);
+      } else {
+        for (int64_t t = n; t < N; ++t) int8_block<1>(xf.data(), M, K, qp, sp, yp, N, t);
+      }
+    }
+  });
+  return y;
+}
+
+// ---- int4: w[n, k] = scale[n, g] * (q[n, k] - 8) + zero[n, g], g = k / group ------------------
+// q is stored (N, K/2): byte j of a row holds column 2j in its low nibble and 2j+1 in its high one.
+// The bf16 number whose bits are 0x4300 | v is exactly 128 + v for v in 0..15, so one OR turns a
+// nibble into a bf16 and vdpbf16ps multiplies 32 of them by x per instruction; the extra
+// 128 * sum(x over the group) this adds (and the -8) are taken off with the group's x sum.
+
+struct Int4Activations {  // one activation row, laid out for the kernel
+  std::vector<uint16_t> even, odd;  // bf16 bits of x's even and odd columns
+  std::vector<float> group_sums;    // x summed over each group of columns
+};
+
+template <int R>
+void int4_block(const std::vector<Int4Activations>& xs, int64_t K, int64_t group, const uint8_t* q,
+                const c10::BFloat16* scales, const c10::BFloat16* zeros, c10::BFloat16* y, int64_t N,
+                int64_t n) {
+  const int64_t groups = K / group, half = group / 2, row_bytes = K / 2;
+  const __m512i low_nibble = _mm512_set1_epi16(15), bf16_128 = _mm512_set1_epi16(0x4300);
+  for (size_t m = 0; m < xs.size(); ++m) {
+    const Int4Activations& x = xs[m];
+    __m512 total[R];
+    float offset[R];
+    for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps(), offset[r] = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 part[R];
+      for (int r = 0; r < R; ++r) part[r] = _mm512_setzero_ps();
+      for (int64_t j = g * half; j < (g + 1) * half; j += 32) {
+        if (m == 0) {
+          const char* next = reinterpret_cast<const char*>(q + (n + R) * row_bytes + R * j);
+          _mm_prefetch(next, _MM_HINT_T0);
+          _mm_prefetch(next + 64, _MM_HINT_T0);
+        }
+        const __m512bh even = (__m512bh)_mm512_loadu_si512(x.even.data() + j);
+        const __m512bh odd = (__m512bh)_mm512_loadu_si512(x.odd.data() + j);
+        for (int r = 0; r < R; ++r) {
+          const auto* bytes = reinterpret_cast<const __m256i*>(q + (n + r) * row_bytes + j);
+          const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(bytes));
+          const __m512i lo = _mm512_or_si512(_mm512_and_si512(b, low_nibble), bf16_128);
+          const __m512i hi = _mm512_or_si512(_mm512_srli_epi16(b, 4), bf16_128);
+          part[r] = _mm512_dpbf16_ps(part[r], even, (__m512bh)lo);
+          part[r] = _mm512_dpbf16_ps(part[r], odd, (__m512bh)hi);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        const float s = bf16_to_float(scales[(n + r) * groups + g]);
+        const float z = bf16_to_float(zeros[(n + r) * groups + g]);
+        total[r] = _mm512_fmadd_ps(_mm512_set1_ps(s), part[r], total[r]);
+        offset[r] += (z - (128 + 8) * s) * x.group_sums[g];
+      }
+    }
+    for (int r = 0; r < R; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(total[r]) + offset[r];
+  }
+}
+
+at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zeros,
+                       int64_t group_size) {
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(group_size % 64 == 0 && K % group_size == 0 && q.size(1) * 2 == K,
+              "int4_matvec: the group size must be a multiple of 64 that divides in_features");
+  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
+              "int4_matvec: contiguous inputs");
+  const auto* xb = x.const_data_ptr<c10::BFloat16>();
+  std::vector<Int4Activations> xs(M);
+  for (int64_t m = 0; m < M; ++m) {
+    Int4Activations& a = xs[m];
+    a.even.resize(K / 2), a.odd.resize(K / 2), a.group_sums.assign(K / group_size, 0.f);
+    for (int64_t k = 0; k < K; ++k) {
+      const c10::BFloat16 v = xb[m * K + k];
+      (k % 2 ? a.odd : a.even)[k / 2] = v.x;
+      a.group_sums[k / group_size] += bf16_to_float(v);
+    }
+  }
+  at::Tensor y = at::empty({M, N}, x.options());
+  const auto* qp = q.const_data_ptr<uint8_t>();
+  const auto* sp = scales.const_data_ptr<c10::BFloat16>();
+  const auto* zp = zeros.const_data_ptr<c10::BFloat16>();
+  auto* yp = y.mutable_data_ptr<c10::BFloat16>();
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b * kBlock;
+      if (n + kBlock <= N) {
+        int4_block<kBlock>(xs, K, group_size, qp, sp, zp, yp, N, n);
+      } else {
+        for (int64_t t = n; t < N; ++t) int4_block<1>(xs, K, group_size, qp, sp, zp, yp, N, t);
+      }
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(decoderlm, CPU, m) {
+  m.impl("int8_matvec", &int8_matvec);
+  m.impl("int4_matvec", &int4_matvec);
+}

@@ -1,0 +1,85 @@
+"""decoderlm's int8/int4 matrix-vector kernels (kernels/quantized_matvec.cpp): the same products as
+torch's kernels on the same saved weights, taken only for the calls they are built for, built once
+and atomically, and a failed build leaves torch's kernels in charge."""
+
+import pytest
+import torch
+
+from decoderlm.kernels import quantized_matvec
+from decoderlm.quantize.linear import Int4Linear, Int8Linear
+
+needs_kernels = pytest.mark.skipif(not quantized_matvec.ensure(),
+                                   reason="needs a CPU with AVX-512 BF16 and a C++ compiler")
+
+
+def layers(in_features: int, out_features: int, bias: bool, group_size: int = 64):
+    torch.manual_seed(in_features + out_features)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    return (Int8Linear.from_linear(linear).to(torch.bfloat16),
+            Int4Linear.from_linear(linear, group_size).to(torch.bfloat16))
+
+
+def torch_kernel(layer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's product through torch's own kernel (what runs where ours does not)."""
+    if isinstance(layer, Int8Linear):
+        y = torch.ops.aten._weight_int8pack_mm(x, layer.qweight, layer.scales)
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, layer.packed, layer.group_size,
+                                                       layer.scales_and_zeros)[:, :layer.out_features]
+    return y if layer.bias is None else y + layer.bias
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 3, quantized_matvec.MAX_ROWS])
+@pytest.mark.parametrize("shape", [(512, 1536, False), (768, 1030, True), (1408, 512, False)])
+def test_same_products_as_torchs_kernels(shape, rows, monkeypatch):
+    """Widths of the 6x512 and GPT-2 models; 1030 rows leave a block of 4 incomplete."""
+    calls = []
+    for name in ("int8_matvec", "int4_matvec"):
+        op = getattr(torch.ops.decoderlm, name)
+        monkeypatch.setattr(torch.ops.decoderlm, name, lambda *a, op=op: calls.append(op) or op(*a))
+    x = torch.randn(rows, shape[0], dtype=torch.bfloat16, generator=torch.Generator().manual_seed(rows))
+    for layer in layers(*shape):
+        ours, reference = layer(x).float(), torch_kernel(layer, x).float()
+        exact = x.float() @ layer.dequantized().T + (0 if layer.bias is None else layer.bias.float())
+        # bf16 outputs (rounded again when a bias is added): a rounding step of the largest apart
+        assert (ours - reference).abs().max() <= 2 ** -7 * reference.abs().max()
+        assert (ours - exact).abs().max() <= 2 ** -7 * exact.abs().max()
+    assert len(calls) == 2  # ours ran, once per layer
+
+
+@needs_kernels
+def test_torchs_kernels_keep_what_ours_are_not_built_for(monkeypatch):
+    """More rows than MAX_ROWS (a prefill), float32 activations, and int4 groups of 32."""
+    monkeypatch.setattr(torch.ops.decoderlm, "int8_matvec", lambda *a: pytest.fail("not ours"))
+    monkeypatch.setattr(torch.ops.decoderlm, "int4_matvec", lambda *a: pytest.fail("not ours"))
+    int8, int4 = layers(512, 256, bias=False)
+    prefill = torch.randn(quantized_matvec.MAX_ROWS + 1, 512, dtype=torch.bfloat16)
+    for layer in (int8, int4):
+        assert torch.equal(layer(prefill), torch_kernel(layer, prefill))
+    int8_fp32 = Int8Linear.from_linear(torch.nn.Linear(512, 256))
+    int8_fp32(torch.randn(1, 512))
+    _, groups_of_32 = layers(512, 256, bias=False, group_size=32)
+    one = torch.randn(1, 512, dtype=torch.bfloat16)
+    assert torch.equal(groups_of_32(one), torch_kernel(groups_of_32, one))
+
+
+def test_a_failed_build_warns_once_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+    monkeypatch.setattr(quantized_matvec, "_loaded", {})
+    monkeypatch.setattr(quantized_matvec, "_supported", lambda: True)
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert not quantized_matvec.ensure()
+    assert not quantized_matvec.ensure()  # decided once per process
+    folder = tmp_path / "decoderlm" / "kernels"
+    assert list(folder.iterdir()) == []  # no partial library
+
+
+@needs_kernels
+def test_built_once_under_a_name_that_follows_the_source_and_flags(monkeypatch):
+    path = quantized_matvec._library_path()  # built by the ensure() above, where the cache is
+    assert path.is_file() and path.parent.name == "kernels" and path.parent.parent.name == "decoderlm"
+    assert not list(path.parent.glob(".build-*"))
+    monkeypatch.setattr(quantized_matvec, "FLAGS", quantized_matvec.FLAGS + ("-DOTHER",))
+    assert quantized_matvec._library_path() != path
