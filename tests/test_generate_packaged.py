@@ -79,7 +79,7 @@ def test_built_once_then_loaded_by_a_new_process_without_compiling(step_dir, mon
     assert "compiling" not in result.stderr
 
 
-def test_the_name_follows_weights_shapes_and_layers():
+def test_the_name_follows_weights_shapes_layers_and_code(monkeypatch):
     model = tiny()
     key = packaged._key(model, 1, 64)
     assert packaged._key(copy.deepcopy(model), 1, 64) == key  # same bytes, same library
@@ -88,6 +88,9 @@ def test_the_name_follows_weights_shapes_and_layers():
     with torch.no_grad():
         model.tok_emb.weight[0, 0] += 1  # one weight changed in place: another library
     assert packaged._key(model, 1, 64) != key
+    changed = packaged._key(model, 1, 64)
+    monkeypatch.setattr(packaged, "_source_hash", lambda: "another decoderlm")  # an upgrade: rebuilt
+    assert packaged._key(model, 1, 64) != changed
 
 
 def test_padded_batches_compile_in_process():

@@ -6,10 +6,11 @@ frozen weights, inductor's CPU matrix kernels) is exported once with torch.expor
 AOTInductor into a shared library that holds the graph and the pre-packed weights. Later processes
 load that library in well under a second and call it from C++ without dynamo's guards.
 
-A library is named by a hash of everything its code depends on: the weights' bytes, the model's
-layers and config, dtype, batch size, cache length, thread count, torch version and CPU. It lives in
-`~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOME honoured), written atomically; the
-least recently used beyond KEEP are deleted (only files named like ours, in that directory).
+A library is named by a hash of everything its code depends on: decoderlm's source, the weights'
+bytes, the model's layers and config, dtype, batch size, cache length, thread count, torch version
+and CPU. It lives in `~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOME honoured), written
+atomically; the least recently used beyond KEEP are deleted (only files named like ours, in that
+directory).
 Speculative decoding's calls (a draft's step, the target's verification) are built the same way.
 A quantized model's library calls decoderlm's int8/int4 kernels (kernels/quantized_matvec.py) through
 AOTInductor's proxy executor, which reads the calls from `<hash>.json` beside the library; both files
@@ -18,6 +19,7 @@ go together. Sequences with padding and GPUs use `compiled.compiled_step`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -139,13 +141,25 @@ def _key(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1)
         cached = (version, weights.hexdigest())
         _HASHES[model] = cached
     layers = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in model.modules()})
-    about = {"format": FORMAT, "weights": cached[1], "config": model.config.to_dict(), "layers": layers,
+    about = {"format": FORMAT, "code": _source_hash(), "weights": cached[1], "config": model.config.to_dict(),
+             "layers": layers,
              "dtype": str(model.tok_emb.weight.dtype), "kind": kind, "batch": batch, "cache": cache_len,
              "tokens": tokens,
              "threads": torch.get_num_threads(), "torch": torch.__version__,
              "quantized kernels": quantized_matvec.ensure() if quantization_of(model) else None,
              "cpu": torch.backends.cpu.get_cpu_capability(), "python": sys.version_info[:2]}
     return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _source_hash() -> str:
+    """decoderlm's own source: another version (or an edit) may trace another graph from the same layers."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha1()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cpp")):
+        digest.update(path.relative_to(package).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 class _StepModule(nn.Module):

@@ -88,7 +88,9 @@ void int4_block(const std::vector<Int4Activations>& xs, int64_t K, int64_t group
   const int64_t groups = K / group, half = group / 2, row_bytes = K / 2;
   const __m512i low_nibble = _mm512_set1_epi16(15), bf16_128 = _mm512_set1_epi16(0x4300);
   for (size_t m = 0; m < xs.size(); ++m) {
-    const Int4Activations& x = xs[m];
+    const uint16_t* x_even = xs[m].even.data();
+    const uint16_t* x_odd = xs[m].odd.data();
+    const float* x_sums = xs[m].group_sums.data();
     __m512 total[R];
     float offset[R];
     for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps(), offset[r] = 0;
@@ -101,8 +103,8 @@ void int4_block(const std::vector<Int4Activations>& xs, int64_t K, int64_t group
           _mm_prefetch(next, _MM_HINT_T0);
           _mm_prefetch(next + 64, _MM_HINT_T0);
         }
-        const __m512bh even = (__m512bh)_mm512_loadu_si512(x.even.data() + j);
-        const __m512bh odd = (__m512bh)_mm512_loadu_si512(x.odd.data() + j);
+        const __m512bh even = (__m512bh)_mm512_loadu_si512(x_even + j);
+        const __m512bh odd = (__m512bh)_mm512_loadu_si512(x_odd + j);
         for (int r = 0; r < R; ++r) {
           const auto* bytes = reinterpret_cast<const __m256i*>(q + (n + r) * row_bytes + j);
           const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(bytes));
@@ -116,7 +118,7 @@ void int4_block(const std::vector<Int4Activations>& xs, int64_t K, int64_t group
         const float s = bf16_to_float(scales[(n + r) * groups + g]);
         const float z = bf16_to_float(zeros[(n + r) * groups + g]);
         total[r] = _mm512_fmadd_ps(_mm512_set1_ps(s), part[r], total[r]);
-        offset[r] += (z - (128 + 8) * s) * x.group_sums[g];
+        offset[r] += (z - (128 + 8) * s) * x_sums[g];
       }
     }
     for (int r = 0; r < R; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(total[r]) + offset[r];
