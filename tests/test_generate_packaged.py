@@ -105,7 +105,7 @@ def test_a_quantized_model_is_built_with_its_calls_beside_the_library(step_dir):
     which reads `<name>.json`; the built step computes the eager model's logits (bf16: up to rounding),
     in this process and in a later one."""
     from decoderlm.generate.compiled import _decode_step
-    from decoderlm.kernels import quantized_matvec
+    from decoderlm.kernels import native
 
     model = quantize_model(tiny(), "int8").to(torch.bfloat16)
 
@@ -119,7 +119,7 @@ def test_a_quantized_model_is_built_with_its_calls_beside_the_library(step_dir):
         assert isinstance(packaged.compiled_call(model, 1, 64), packaged.PackagedStep)
         assert (built - eager).abs().max() <= 0.02 * eager.abs().max()
         (library,) = step_dir.glob("*.so")
-        assert library.with_suffix(".json").is_file() == quantized_matvec.ensure()
+        assert library.with_suffix(".json").is_file() == native.ensure()
         packaged._LOADED.clear()  # as a later process: both files are loaded, nothing is built
         assert torch.equal(logits(packaged.packaged_step(model, 1, 64)), built)
         assert list(step_dir.glob("*.so")) == [library]

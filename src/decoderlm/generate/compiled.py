@@ -16,8 +16,7 @@ import torch
 from decoderlm.compile_support import can_compile, use_persistent_cache
 from decoderlm.errors import DecoderLMError
 from decoderlm.generate.inputs import causal_mask, last_logits
-from decoderlm.kernels import quantized_matvec
-from decoderlm.quantize.swap import quantization_of
+from decoderlm.kernels import native
 
 # model -> {step function's name: (weights' version counters when compiled, compiled step)}
 _COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -61,8 +60,8 @@ def compiled_step(model, fn=_decode_step):
     if not can_compile(device):
         raise DecoderLMError(f"compiled decoding is not available on {device.type} here "
                              "(on CPU torch.compile needs a C++ compiler); generate without --compile")
-    if device.type == "cpu" and quantization_of(model) is not None:
-        quantized_matvec.ensure()  # the graph calls decoderlm's int8/int4 kernels only if they are loaded
+    if device.type == "cpu":
+        native.ensure()  # the graph calls decoderlm's C++ kernels only if they are loaded
     version = _weights_version(model)
     entries = _COMPILED.setdefault(model, {})
     entry = entries.get(fn.__name__)

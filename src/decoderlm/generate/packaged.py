@@ -12,7 +12,7 @@ and CPU. It lives in `~/.cache/decoderlm/decode-steps/<hash>.so` ($XDG_CACHE_HOM
 atomically; the least recently used beyond KEEP are deleted (only files named like ours, in that
 directory).
 Speculative decoding's calls (a draft's step, the target's verification) are built the same way.
-A quantized model's library calls decoderlm's int8/int4 kernels (kernels/quantized_matvec.py) through
+Steps call decoderlm's C++ kernels (kernels/native.py: attention, int8/int4 products) through
 AOTInductor's proxy executor, which reads the calls from `<hash>.json` beside the library; both files
 go together. Sequences with padding and GPUs use `compiled.compiled_step`.
 """
@@ -36,9 +36,8 @@ from torch import nn
 
 from decoderlm.compile_support import can_compile, use_persistent_cache
 from decoderlm.generate.compiled import _decode_step, _weights_version, worth_autotuning
-from decoderlm.kernels import quantized_matvec
+from decoderlm.kernels import native
 from decoderlm.model.cache import KVCache
-from decoderlm.quantize.swap import quantization_of
 
 KEEP = 8  # libraries kept on disk (each about twice the size of the model's weights)
 FORMAT = 1  # bump when the step's inputs or outputs change
@@ -58,8 +57,6 @@ def directory() -> Path:
 def supported(model, padded: bool) -> bool:
     """Whether this generation can use a packaged step (else: torch.compile in process)."""
     device = model.tok_emb.weight.device
-    if quantization_of(model) is not None:
-        quantized_matvec.ensure()  # before export, so the step calls them; a library loads only with them
     return not padded and device.type == "cpu" and can_compile(device)
 
 
@@ -89,6 +86,7 @@ def packaged_step(model, batch: int, cache_len: int, kind: str = "step", tokens:
     """The compiled call for this model, batch size and cache length, from this process, from disk,
     or built (tens of seconds, once per machine). kind "step": one token -> (B, V) logits of the next;
     "verify" (speculative decoding, batch 1): `tokens` tokens -> (tokens, V) logits, one per position."""
+    native.ensure()  # built before the step's export, so that the step calls them
     version = _weights_version(model)
     entry = _LOADED.get(model)
     if entry is None or entry[0] != version:
@@ -146,7 +144,7 @@ def _key(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1)
              "dtype": str(model.tok_emb.weight.dtype), "kind": kind, "batch": batch, "cache": cache_len,
              "tokens": tokens,
              "threads": torch.get_num_threads(), "torch": torch.__version__,
-             "quantized kernels": quantized_matvec.ensure() if quantization_of(model) else None,
+             "native kernels": native.ensure(build=False),  # the graph calls them only if loaded
              "cpu": torch.backends.cpu.get_cpu_capability(), "python": sys.version_info[:2]}
     return hashlib.sha1(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -6,12 +6,17 @@ row per head. So the row count is raised without extra work where the model allo
 heads that share one key/value head (grouped or multi-query attention) become G rows of that head,
 the layout flash-decoding uses; with as many key/value heads as query heads the query is repeated
 and the first row kept. The result is the same attention (up to rounding).
+
+In bf16, where decoderlm's C++ kernels are loaded (native.py), its own kernel does the step instead:
+it reads only the cache slots the mask shows (a static cache is longer than the text in it).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from decoderlm.kernels import native
 
 
 def use_single_query_layout(q: torch.Tensor, training: bool) -> bool:
@@ -24,6 +29,10 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     """q (B, H, 1, D); k, v (B, Hkv, S, D); mask broadcastable to (B, 1, 1, S) or None (every key
     visible) -> (B, H, 1, D)."""
     B, H, _, D = q.shape
+    if native.attention_usable(q, k, v, mask):  # decoderlm's kernel: only the visible slots are read
+        S = k.shape[2]
+        visible = torch.ones(B, S, dtype=torch.bool) if mask is None else mask.expand(B, 1, 1, S).reshape(B, S)
+        return torch.ops.decoderlm.decoding_attention(q.contiguous(), k, v, visible.contiguous())
     groups = H // k.shape[1]
     if groups > 1:  # rows of one key/value head: each row is one of its query heads
         out = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], groups, D), k, v, attn_mask=mask)

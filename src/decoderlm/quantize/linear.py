@@ -5,8 +5,8 @@
 with a scale and a zero (asymmetric, w = scale * (q - 8) + zero), through
 `aten._weight_int4pack_mm_for_cpu`. Activations stay in the model's dtype; only the weights shrink.
 When decoding (a few activation rows) in bf16 on a CPU with AVX-512 BF16, both use decoderlm's own
-matrix-vector kernels instead (kernels/quantized_matvec.py): torch's reach half the memory bandwidth
-there. They read the saved layout below as it is.
+matrix-vector kernels instead (kernels/quantized_matvec.cpp, built by kernels/native.py): torch's
+reach half the memory bandwidth there. They read the saved layout below as it is.
 
 Both kernels are fast in bfloat16 only: their float32 paths are plain loops, tens of times slower
 (docs/generation.md), so quantized models run in bf16 by default. torchao offers the same formats
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from decoderlm.kernels import quantized_matvec
+from decoderlm.kernels import native
 
 
 def _finish(y: torch.Tensor, bias, shape) -> torch.Tensor:
@@ -57,7 +57,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if quantized_matvec.usable(rows, self.scales):
+        if native.matvec_usable(rows, self.scales):
             y = torch.ops.decoderlm.int8_matvec(rows.contiguous(), self.qweight, self.scales)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows, self.qweight, self.scales.to(x.dtype))
@@ -131,7 +131,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        if self.group_size % 64 == 0 and quantized_matvec.usable(rows, self.scales, self.zeros):
+        if self.group_size % 64 == 0 and native.matvec_usable(rows, self.scales, self.zeros):
             y = torch.ops.decoderlm.int4_matvec(rows.contiguous(), self.qweight, self.scales, self.zeros,
                                                 self.group_size)
             return _finish(y, self.bias, x.shape)

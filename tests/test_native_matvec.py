@@ -5,10 +5,10 @@ and atomically, and a failed build leaves torch's kernels in charge."""
 import pytest
 import torch
 
-from decoderlm.kernels import quantized_matvec
+from decoderlm.kernels import native
 from decoderlm.quantize.linear import Int4Linear, Int8Linear
 
-needs_kernels = pytest.mark.skipif(not quantized_matvec.ensure(),
+needs_kernels = pytest.mark.skipif(not native.ensure(),
                                    reason="needs a CPU with AVX-512 BF16 and a C++ compiler")
 
 
@@ -30,7 +30,7 @@ def torch_kernel(layer, x: torch.Tensor) -> torch.Tensor:
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 3, quantized_matvec.MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, native.MAX_ROWS])
 @pytest.mark.parametrize("shape", [(512, 1536, False), (768, 1030, True), (1408, 512, False)])
 def test_same_products_as_torchs_kernels(shape, rows, monkeypatch):
     """Widths of the 6x512 and GPT-2 models; 1030 rows leave a block of 4 incomplete."""
@@ -54,7 +54,7 @@ def test_torchs_kernels_keep_what_ours_are_not_built_for(monkeypatch):
     monkeypatch.setattr(torch.ops.decoderlm, "int8_matvec", lambda *a: pytest.fail("not ours"))
     monkeypatch.setattr(torch.ops.decoderlm, "int4_matvec", lambda *a: pytest.fail("not ours"))
     int8, int4 = layers(512, 256, bias=False)
-    prefill = torch.randn(quantized_matvec.MAX_ROWS + 1, 512, dtype=torch.bfloat16)
+    prefill = torch.randn(native.MAX_ROWS + 1, 512, dtype=torch.bfloat16)
     for layer in (int8, int4):
         assert torch.equal(layer(prefill), torch_kernel(layer, prefill))
     int8_fp32 = Int8Linear.from_linear(torch.nn.Linear(512, 256))
@@ -67,19 +67,19 @@ def test_torchs_kernels_keep_what_ours_are_not_built_for(monkeypatch):
 def test_a_failed_build_warns_once_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails
-    monkeypatch.setattr(quantized_matvec, "_loaded", {})
-    monkeypatch.setattr(quantized_matvec, "_supported", lambda: True)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_supported", lambda: True)
     with pytest.warns(UserWarning, match="could not be built"):
-        assert not quantized_matvec.ensure()
-    assert not quantized_matvec.ensure()  # decided once per process
+        assert not native.ensure()
+    assert not native.ensure()  # decided once per process
     folder = tmp_path / "decoderlm" / "kernels"
     assert list(folder.iterdir()) == []  # no partial library
 
 
 @needs_kernels
 def test_built_once_under_a_name_that_follows_the_source_and_flags(monkeypatch):
-    path = quantized_matvec._library_path()  # built by the ensure() above, where the cache is
+    path = native._library_path()  # built by the ensure() above, where the cache is
     assert path.is_file() and path.parent.name == "kernels" and path.parent.parent.name == "decoderlm"
     assert not list(path.parent.glob(".build-*"))
-    monkeypatch.setattr(quantized_matvec, "FLAGS", quantized_matvec.FLAGS + ("-DOTHER",))
-    assert quantized_matvec._library_path() != path
+    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-DOTHER",))
+    assert native._library_path() != path
