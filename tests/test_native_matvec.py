@@ -2,6 +2,8 @@
 torch's kernels on the same saved weights, taken only for the calls they are built for, built once
 and atomically, and a failed build leaves torch's kernels in charge."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -83,3 +85,20 @@ def test_built_once_under_a_name_that_follows_the_source_and_flags(monkeypatch):
     assert not list(path.parent.glob(".build-*"))
     monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-DOTHER",))
     assert native._library_path() != path
+
+
+def test_eager_decoding_loads_a_built_library_but_never_builds_one(tmp_path, monkeypatch):
+    """A plain generate must not wait ten seconds for a compiler; the compiled paths build (ensure())."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setattr(native, "_supported", lambda: True)
+    built = []
+    monkeypatch.setattr(native, "_build", lambda path: built.append(path) or (_ for _ in ()).throw(OSError("no")))
+    one_row = torch.randn(1, 64, dtype=torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing tried, nothing warned
+        assert not native.matvec_usable(one_row) and not native.matvec_usable(one_row)
+    assert built == []
+    with pytest.warns(UserWarning, match="could not be built"):
+        assert not native.ensure()  # a compiled path: builds (here: fails, torch's kernels stay)
+    assert len(built) == 1
