@@ -47,6 +47,9 @@ class Terminal:
         env = {**os.environ, "TERM": "xterm", "PYTHONUNBUFFERED": "1"}
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: exec at once (nothing of pytest runs here)
+            # A person's shell starts the command with Ctrl-C's default action; pytest may have been
+            # started in the background of a script, where SIGINT is ignored and exec keeps that.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execvpe(argv[0], argv, env)
         self.output = b""
 
