@@ -58,6 +58,7 @@ def _attention_shape(q, k, v, visible):
 
 
 _loaded: dict[str, bool] = {}  # "ok": whether the library is loaded, once tried; "absent": not built yet
+_loaded_from: list[Path] = []  # the file this process loaded
 
 
 def matvec_usable(x: torch.Tensor, *tensors: torch.Tensor) -> bool:
@@ -112,6 +113,7 @@ def _load() -> bool:
         if not path.is_file():
             _build(path)
         torch.ops.load_library(str(path))
+        _loaded_from.append(path)
         return True
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         message = err.stderr if isinstance(err, subprocess.CalledProcessError) and err.stderr else str(err)
