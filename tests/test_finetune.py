@@ -19,6 +19,8 @@ CAPITALS = {"zorbia": "KLUM", "vendal": "ORPA", "mirrow": "TASK", "quelan": "BRI
             "ostrel": "WUNG", "pexia": "DRAV", "hulmar": "CEZO"}
 COMMON = ["--no-progress", "--no-samples"]
 
+THREADS_AT_IMPORT = torch.get_num_threads()  # before any training in this process
+
 
 def _chat(country: str) -> dict:
     return {"messages": [{"role": "user", "content": country}, {"role": "assistant", "content": CAPITALS[country]}]}
@@ -114,6 +116,8 @@ def test_resumed_finetune_is_bit_exact(base_run, tmp_path):
     assert run_cli(["train", *common, "--out", tmp_path / "whole"])[0] == 0
     assert run_cli(["train", *common, "--out", tmp_path / "split", "--stop-at-step", "20"])[0] == 0
     assert run_cli(["train", "--out", tmp_path / "split", "--resume", *COMMON])[0] == 0
+    # train.threads (base_run's), the tuner's count and a resumed run's fixed count each ended with their run
+    assert torch.get_num_threads() == THREADS_AT_IMPORT
     whole, split = (load_file(tmp_path / r / "checkpoints/last/model.safetensors") for r in ("whole", "split"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
 

@@ -97,6 +97,7 @@ class Trainer:
         self.resumed = resume
         self.saved_step = self.counters["step"] if resume else None
         self.threads = None  # CPU training alone: the thread count follows the CPU it gets (train/threads.py)
+        self.threads_before = torch.get_num_threads()  # set back when the run ends, whoever changed it
         if self.device.type == "cpu" and not self.dist.enabled:
             self.threads = ThreadTuner.for_cpu_training(cfg.threads)
             if self.threads and self.threads.current < self.threads.cores:
@@ -203,8 +204,7 @@ class Trainer:
         finally:
             bar.close()
             interrupt.stop()
-            if self.threads:
-                self.threads.restore()
+            torch.set_num_threads(self.threads_before)  # train.threads or the tuner's count ends with the run
         if main:
             self._plot()
         distributed.barrier(self.dist)

@@ -46,7 +46,7 @@ class ThreadTuner:
     """Call `after_step(seconds)` after each training step; it changes torch's thread count."""
 
     def __init__(self, cores: int, idle: float | None):
-        self.cores = cores  # torch's count before: what restore() sets back
+        self.cores = cores  # torch's count before (the trainer sets it back when the run ends)
         free = max(1, min(cores, round(idle))) if idle is not None else cores
         self.other = cores if free != cores else max(1, cores // 2)
         self.current = free
@@ -78,9 +78,6 @@ class ThreadTuner:
         if time.monotonic() >= self.next_check and len(self.recent) == 3:
             self.trialling = True
             torch.set_num_threads(self.other)
-
-    def restore(self) -> None:
-        torch.set_num_threads(self.cores)
 
     def _decide(self) -> None:
         if statistics.median(self.trial) < KEEP_IF_FASTER * statistics.median(self.recent):
