@@ -25,6 +25,22 @@ constexpr int kBlock = 4;  // output rows per block
 
 float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 
+// Every output row, a block of kBlock at a time over torch's threads (`block(n)` computes rows
+// n .. n+kBlock-1); the rows of a last, shorter block one by one (`row(n)`).
+template <typename Block, typename Row>
+void over_output_rows(int64_t N, const Block& block, const Row& row) {
+  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b * kBlock;
+      if (n + kBlock <= N) {
+        block(n);
+      } else {
+        for (int64_t t = n; t < N; ++t) row(t);
+      }
+    }
+  });
+}
+
 // ---- int8: w[n, k] = q[n, k] * scale[n] --------------------------------------------------------
 
 // Rows n .. n+R-1 of y[m] for every m < M; x holds the M activation rows in float32.
@@ -57,16 +73,9 @@ at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const auto* qp = q.const_data_ptr<int8_t>();
   const auto* sp = scales.const_data_ptr<c10::BFloat16>();
   auto* yp = y.mutable_data_ptr<c10::BFloat16>();
-  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b * kBlock;
-      if (n + kBlock <= N) {
-        int8_block<kBlock>(xf.data(), M, K, qp, sp, yp, N, n);
-      } else {
-        for (int64_t t = n; t < N; ++t) int8_block<1>(xf.data(), M, K, qp, sp, yp, N, t);
-      }
-    }
-  });
+  over_output_rows(
+      N, [&](int64_t n) { int8_block<kBlock>(xf.data(), M, K, qp, sp, yp, N, n); },
+      [&](int64_t n) { int8_block<1>(xf.data(), M, K, qp, sp, yp, N, n); });
   return y;
 }
 
@@ -148,16 +157,9 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const auto* sp = scales.const_data_ptr<c10::BFloat16>();
   const auto* zp = zeros.const_data_ptr<c10::BFloat16>();
   auto* yp = y.mutable_data_ptr<c10::BFloat16>();
-  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b * kBlock;
-      if (n + kBlock <= N) {
-        int4_block<kBlock>(xs, K, group_size, qp, sp, zp, yp, N, n);
-      } else {
-        for (int64_t t = n; t < N; ++t) int4_block<1>(xs, K, group_size, qp, sp, zp, yp, N, t);
-      }
-    }
-  });
+  over_output_rows(
+      N, [&](int64_t n) { int4_block<kBlock>(xs, K, group_size, qp, sp, zp, yp, N, n); },
+      [&](int64_t n) { int4_block<1>(xs, K, group_size, qp, sp, zp, yp, N, n); });
   return y;
 }
 
