@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from decoderlm.compile_support import can_compile, use_persistent_cache
+from decoderlm.compile_support import cache_home, can_compile, use_persistent_cache
 from decoderlm.generate.compiled import _decode_step, _weights_version, worth_autotuning
 from decoderlm.kernels import native
 from decoderlm.model.cache import KVCache
@@ -50,8 +50,7 @@ _UNSUPPORTED: "weakref.WeakSet" = weakref.WeakSet()  # models whose build failed
 
 
 def directory() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "decoderlm" / "decode-steps"
+    return cache_home() / "decode-steps"
 
 
 def supported(model, padded: bool) -> bool:

@@ -9,9 +9,9 @@ query row). Both need AVX-512 with BF16. docs/generation.md has the measurements
 such kernels for CPU, hence the C++.
 
 The sources are compiled once per machine, by the first compiled decoding step (about ten seconds,
-with the compiler torch.compile already uses), into one library in `~/.cache/decoderlm/kernels/` ($XDG_CACHE_HOME
-honoured), named by a hash of the sources, the flags and torch's version; later processes load it in
-milliseconds. Where the CPU lacks AVX-512 BF16, there is no compiler, or the build fails (one
+with the compiler torch.compile already uses), into one library in `~/.cache/decoderlm/kernels/`
+($XDG_CACHE_HOME honoured), named by a hash of the sources, the flags and torch's version; later
+processes load it in milliseconds. Where the CPU lacks AVX-512 BF16, there is no compiler, or the build fails (one
 warning), the callers keep torch's own kernels: the same results up to float rounding.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from decoderlm.compile_support import can_compile
+from decoderlm.compile_support import cache_home, can_compile
 
 MAX_ROWS = 8  # activation rows (batch x new tokens) up to which the matvec kernels run; prefill: torch's
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("quantized_matvec.cpp", "decoding_attention.cpp"))
@@ -106,8 +106,6 @@ def _supported() -> bool:
 
 
 def _load() -> bool:
-    if not _supported():
-        return False
     path = _library_path()
     try:
         if not path.is_file():
@@ -125,8 +123,7 @@ def _load() -> bool:
 
 def _library_path() -> Path:
     about = b"".join(p.read_bytes() for p in SOURCES) + repr((FLAGS, torch.__version__, _compiler())).encode()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "decoderlm" / "kernels" / f"decoding-{hashlib.sha1(about).hexdigest()[:16]}.so"
+    return cache_home() / "kernels" / f"decoding-{hashlib.sha1(about).hexdigest()[:16]}.so"
 
 
 def _compiler() -> str:
