@@ -134,18 +134,19 @@ def test_compiled_draft_and_verification_steps_decode_the_same_tokens():
 
 
 def test_failed_guesses_back_off_to_plain_steps_without_changing_the_text(monkeypatch):
-    """Rounds that keep nothing make the next 1, 2, 4 ... 16 tokens ordinary steps; a kept guess resets."""
+    """Rounds that keep fewer than half their guesses make the next 1, 2, 4 ... 16 tokens ordinary
+    steps; a round keeping half or more resets."""
     from decoderlm.generate.model_calls import StaticCacheRunner
     from decoderlm.generate.speculative import Backoff
 
     backoff, plain = Backoff(), []
-    for kept in (0, 0, 0, 2, 0):
-        backoff.after_round(kept)
+    for kept in (0, 1, 0, 2, 0, 4, 1):
+        backoff.after_round(kept, 4)
         steps = 0
         while backoff.plain_now():
             steps += 1
         plain.append(steps)
-    assert plain == [1, 2, 4, 0, 1]
+    assert plain == [1, 2, 4, 0, 1, 0, 1]
 
     calls = {"verify": 0, "step": 0}
     for name in calls:

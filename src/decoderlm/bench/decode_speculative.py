@@ -1,9 +1,12 @@
 """Speculative decoding at batch 1, compiled on both sides: plain greedy against greedy with a draft
-model about 1/8 the size, and against prompt lookup on a prompt that asks for a copy.
+model about 1/8 the size on the model's own sampled text, and against prompt lookup on a prompt that
+asks for a passage to be written out again.
 
-With the trained quickstart (DECODERLM_BENCH_RUN, default runs/shakespeare) and a trained draft
-(DECODERLM_BENCH_DRAFT) the guesses mean something; without them (and in quick runs) the models are
-random and the rows only show that the machinery runs and what a step costs."""
+The guesses mean something only with trained models: DECODERLM_BENCH_TARGET (default: the quickstart,
+DECODERLM_BENCH_RUN or runs/shakespeare) and DECODERLM_BENCH_DRAFT, a draft trained on the same data
+and tokenizer. Each row reports the share of guesses kept, which bounds what speculation can gain:
+prompt lookup pays only when the model copies from its context. Without trained models (and in quick
+runs) the models are random and the rows only show that the machinery runs and what a step costs."""
 
 from __future__ import annotations
 
@@ -17,13 +20,16 @@ from decoderlm import DecoderLM
 from decoderlm.bench.common import alternate, median
 from decoderlm.bench.decode_quantized import SIZES, TRAINED_RUN
 from decoderlm.generate import generate
+from decoderlm.generate.drafts import PromptLookup
+from decoderlm.generate.speculative import DEFAULT_DRAFT_TOKENS
 
 TABLE = "speculative decoding (compiled, greedy, batch 1)"
 
 
 def _models(quick: bool):
     """(target, draft, tokenizer or None, where they came from), all in bf16."""
-    run, draft = Path(os.environ.get("DECODERLM_BENCH_RUN", TRAINED_RUN)), os.environ.get("DECODERLM_BENCH_DRAFT")
+    run = Path(os.environ.get("DECODERLM_BENCH_TARGET") or os.environ.get("DECODERLM_BENCH_RUN", TRAINED_RUN))
+    draft = os.environ.get("DECODERLM_BENCH_DRAFT")
     if not quick and (run / "config.json").is_file() and draft:
         lm, small = decoderlm.load(run, dtype="bfloat16"), decoderlm.load(draft, dtype="bfloat16")
         return lm.model, small.model, lm.tokenizer, f"trained: {run} with draft {draft}"
@@ -35,16 +41,24 @@ def _models(quick: bool):
     return target, DecoderLM(small).eval().to(torch.bfloat16), None, "random weights (timing only)"
 
 
-def _copy_prompt(tokenizer, vocab_size: int, length: int) -> torch.Tensor:
-    """A passage followed by an instruction to repeat it: long verbatim copies for prompt lookup."""
+PASSAGE = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
+           "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n"
+           "And by opposing end them. To die, to sleep;\nNo more; and by a sleep to say we end\n"
+           "The heart-ache and the thousand natural shocks\nThat flesh is heir to: 'tis a consummation\n"
+           "Devoutly to be wish'd.")
+
+
+def _copy_prompt(tokenizer, vocab_size: int, length: int) -> tuple[torch.Tensor, int]:
+    """A passage and a request to write it out again, as in an edit of a document or of code:
+    (prompt (1, P), the passage's length in tokens, which is how many new tokens the row decodes)."""
     if tokenizer is not None:
-        passage = ("To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer "
-                   "the slings and arrows of outrageous fortune, or to take arms against a sea of troubles")
-        ids = tokenizer.encode(passage + "\n\nAgain, word for word:\n" + passage[:40])
+        passage = tokenizer.encode(PASSAGE)
+        ids = passage + tokenizer.encode("\n\nAgain, word for word:\n")
     else:
         passage = torch.randint(0, vocab_size, (length,), generator=torch.Generator().manual_seed(3)).tolist()
         ids = passage + passage[:8]
-    return torch.tensor([ids])
+        passage = passage[8:]
+    return torch.tensor([ids]), len(passage)
 
 
 def run(quick: bool) -> list[dict]:
@@ -53,11 +67,11 @@ def run(quick: bool) -> list[dict]:
     vocab = target.config.vocab_size
     start = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(1))
     sampled = generate(target, start, 28, temperature=0.8, seed=0, compile=False)  # the model's own text
-    copy_prompt = _copy_prompt(tokenizer, vocab, 48 if quick else 200)
+    copy_prompt, copy_length = _copy_prompt(tokenizer, vocab, 48 if quick else 200)
     compiled = not quick  # --quick compiles nothing (tens of seconds each): eager, proving only that it runs
     # Speculation keeps prompt, text and guesses in the context window (the quickstart's is 256 tokens).
     room = target.config.max_seq_len - 8 - 1
-    n_own, n_copy = min(new_tokens, room - sampled.shape[1]), min(new_tokens, room - copy_prompt.shape[1])
+    n_own, n_copy = min(new_tokens, room - sampled.shape[1]), min(copy_length, room - copy_prompt.shape[1])
     runs = {
         "plain": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled),
         "draft model": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled,
@@ -72,14 +86,31 @@ def run(quick: bool) -> list[dict]:
     rate = {name: counts[name] / median(s) for name, s in seconds.items()}
     draft_share = sum(p.numel() for p in draft.parameters()) / sum(p.numel() for p in target.parameters())
     exact = _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy)
+    kept = {"draft model": _kept_share(outputs["plain"], sampled.shape[1], DEFAULT_DRAFT_TOKENS,
+                                       lambda seq, k: generate(draft, seq.view(1, -1), k, temperature=0,
+                                                               compile=False)[0, seq.shape[0]:]),
+            "prompt lookup 8, copy prompt": _kept_share(outputs["plain, copy prompt"], copy_prompt.shape[1], 8,
+                                                        lambda seq, k: PromptLookup().propose(seq, k)[0])}
     rows = []
     for name, base in (("draft model", "plain"), ("prompt lookup 8, copy prompt", "plain, copy prompt")):
         rows.append({"suite": "generate", "table": TABLE, "models": origin, "contender": name,
                      "draft size / model size": draft_share if name == "draft model" else "",
-                     "new tokens": counts[name], "new tok/s": rate[name], "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
+                     "guesses kept": kept[name], "new tokens": counts[name], "new tok/s": rate[name], "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
                      "same ids as plain greedy (bf16)": bool(torch.equal(outputs[name], outputs[base])),
                      "same ids as plain greedy (fp32)": exact[name]})
     return rows
+
+
+def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> float:
+    """The share of guesses the model keeps, replayed over plain greedy's output (1, n): from the
+    prompt's end, guess k tokens, keep the prefix that matches, step past it and the model's own
+    token. What speculative decoding gains is bounded by it (rounds skipped by the back-off aside)."""
+    seq, n, kept, rounds = plain[0], prompt_len, 0, 0
+    while n + k <= seq.shape[0]:
+        guesses = propose(seq[:n], k)
+        match = int((guesses == seq[n:n + k]).long().cumprod(0).sum())
+        kept, rounds, n = kept + match, rounds + 1, n + match + 1
+    return kept / max(1, rounds * k)
 
 
 def _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy) -> dict[str, bool]:

@@ -104,13 +104,13 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
     backoff = Backoff()
     while n < P + opts.max_new_tokens:
         with torch.inference_mode():
-            if backoff.plain_now():  # the last guesses all failed: one ordinary step
+            if backoff.plain_now():  # the last round did not pay: one ordinary step
                 new = chooser(target.step(seq[n - 1]))[0]
             else:
                 drafts, q = source.propose(seq[:n], k, chooser)
                 logits = target.verify(torch.cat([seq[n - 1:n], drafts]))
                 kept, own = accept(logits, drafts, q, chooser)
-                backoff.after_round(kept)
+                backoff.after_round(kept, k)
                 new = torch.cat([drafts[:kept], own])
                 target.filled = n + kept
                 source.keep(n + kept)
@@ -124,12 +124,14 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
 
 
 class Backoff:
-    """When a round keeps none of its guesses, the next 1, 2, 4 ... 16 tokens (doubling while rounds
-    keep failing) are decoded by ordinary steps, which cost a fraction of a verification; a round that
-    keeps a guess resets it. Text the guesses cannot predict then costs little more than plain
+    """A verification costs more than a step (several steps' worth on a small model), so a round pays
+    only when it keeps enough guesses: at least half of them. After a round that keeps fewer, the
+    next 1, 2, 4 ... 16 tokens (doubling while rounds keep failing) are decoded by ordinary steps; a
+    round that pays resets it. Text the guesses cannot predict then costs little more than plain
     decoding. (transformers' assisted generation adapts its guess count for the same reason; here the
-    verification keeps one shape, so it can stay compiled.) Either way each token is drawn as plain
-    decoding draws it, so outputs and distributions do not change."""
+    verification keeps one shape, so it can stay compiled. The rule counts guesses, not seconds, so a
+    seed gives the same text on every run.) Either way each token is drawn as plain decoding draws
+    it, so outputs and distributions do not change."""
 
     LONGEST = 16
 
@@ -142,8 +144,8 @@ class Backoff:
             return True
         return False
 
-    def after_round(self, kept: int) -> None:
-        if kept:
+    def after_round(self, kept: int, guesses: int) -> None:
+        if 2 * kept >= guesses:
             self.length = 1
         else:
             self.left = self.length
