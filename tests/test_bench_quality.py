@@ -62,6 +62,7 @@ def test_nanogpt_recipe_is_the_laptop_recipe():
     assert (t.seed, t.dtype, t.compile) == (quick.train.seed, quick.train.dtype, quick.train.compile)
 
 
+@pytest.mark.slow  # 25-40 s (scoring a whole held-out play in fp32); `pytest -m slow` runs it
 def test_run_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch):
     """Both contenders train for about a second on 10 plays (1 held out) and are scored on it.
     torch.compile is switched off here only because compiling costs more than the test may."""
