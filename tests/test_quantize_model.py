@@ -36,8 +36,10 @@ def _logit_error(model, quantized) -> float:
     return float((quantized(IDS).float() - ref).abs().max() / ref.abs().max())
 
 
-# Measured on this model: int8 0.3%, int4 (groups of 64, int8 head) 2.4% of the largest logit.
-@pytest.mark.parametrize("mode, tolerance", [("int8", 0.01), ("int4", 0.05)])
+# Measured on this model: int8 0.3%, int4 (groups of 64, int4 head) 6.0% of the largest logit (2.4%
+# with an int8 head): a random model's logits are small, so the head's rounding shows more here
+# than in a trained model's perplexity (docs/benchmarks.md).
+@pytest.mark.parametrize("mode, tolerance", [("int8", 0.01), ("int4", 0.08)])
 def test_quantized_logits_stay_close_to_the_float_model(mode, tolerance):
     model = tiny()
     quantized = quantize_model(copy.deepcopy(model), mode)
@@ -49,7 +51,7 @@ def test_quantized_logits_stay_close_to_the_float_model(mode, tolerance):
     assert _logit_error(model, copy.deepcopy(quantized).to(torch.bfloat16)) < tolerance
 
 
-@pytest.mark.parametrize("mode, head_bits", [("int8", 8), ("int4", 8), ("int4", 16)])
+@pytest.mark.parametrize("mode, head_bits", [("int8", 8), ("int4", 4), ("int4", 8), ("int4", 16)])
 @torch.no_grad()
 def test_a_quantized_model_gives_the_loss_of_its_logits(mode, head_bits):
     """model(idx, targets) works after quantization: held-out loss (eval, perplexity) needs it."""
@@ -86,7 +88,7 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path):
         LanguageModel.from_model(model, tokenizer).save(tmp_path / mode)
         section = json.loads((tmp_path / mode / "config.json").read_text())["quantization"]
         assert section == {"method": "weight-only", "bits": 8 if mode == "int8" else 4,
-                           "group_size": None if mode == "int8" else 64, "head_bits": 8}
+                           "group_size": None if mode == "int8" else 64, "head_bits": 8 if mode == "int8" else 4}
         back = decoderlm.load(tmp_path / mode, dtype="float32").model
         saved, loaded = model.state_dict(), back.state_dict()
         assert saved.keys() == loaded.keys()
@@ -149,6 +151,8 @@ def _run(capsys, *argv):
     (["--bits", "4", "--group-size", "128"], "does not divide the width 64"),
     (["--bits", "4", "--group-size", "48"], "must be one of"),
     (["--bits", "8", "--group-size", "64"], "4-bit quantization only"),
+    (["--bits", "8", "--head-bits", "4"], "an int4 head needs --bits 4"),
+    (["--bits", "4", "--head-bits", "8", "--float-head"], "not allowed with argument"),
 ])
 def test_quantize_command_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys, flags, message):
     code, _, err = _run(capsys, "quantize", run_dir, *flags, "--out", tmp_path / "out")
@@ -158,8 +162,11 @@ def test_quantize_command_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_
 
 def test_quantize_command_output_generates(run_dir, tmp_path, capsys):
     code, out, _ = _run(capsys, "quantize", run_dir, "--bits", "4", "--group-size", "32", "--out", tmp_path / "q4")
-    assert code == 0 and "int4, groups of 32, head int8" in out
-    assert quantization_of(decoderlm.load(tmp_path / "q4").model) == QuantSpec(4, 32, 8)
+    assert code == 0 and "int4, groups of 32, head int4" in out
+    assert quantization_of(decoderlm.load(tmp_path / "q4").model) == QuantSpec(4, 32, 4)
+    code, out, _ = _run(capsys, "quantize", run_dir, "--bits", "4", "--head-bits", "8", "--out", tmp_path / "q4h8")
+    assert code == 0 and "int4, groups of 64, head int8" in out
+    assert isinstance(decoderlm.load(tmp_path / "q4h8").model.lm_head, Int8Linear)
     code, out, err = _run(capsys, "generate", tmp_path / "q4", "--prompt", "the", "--max-new-tokens", "8",
                           "--temperature", "0")
     assert code == 0 and out.startswith("the") and len(out.strip()) > 3, err
@@ -167,3 +174,17 @@ def test_quantize_command_output_generates(run_dir, tmp_path, capsys):
     assert code == 0 and out.startswith("the"), err
     code, _, err = _run(capsys, "quantize", run_dir, "--bits", "8", "--out", tmp_path / "q4")
     assert code == 2 and "already exists" in err
+
+
+def test_an_int4_file_from_before_int4_heads_loads_its_int8_head(tmp_path):
+    """config.json files written before heads could be int4 have no head_bits: their heads are int8."""
+    tokenizer = train_tokenizer("char", [TEXT], 100)
+    model = quantize_model(tiny(), QuantSpec(4, 64, 8))
+    LanguageModel.from_model(model, tokenizer).save(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["quantization"]["head_bits"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    back = decoderlm.load(tmp_path / "old", dtype="float32").model
+    assert quantization_of(back) == QuantSpec(4, 64, 8) and isinstance(back.lm_head, Int8Linear)
+    with torch.no_grad():
+        assert torch.equal(model(IDS), back(IDS))

@@ -16,8 +16,11 @@ def register(sub):
     p.add_argument("--group-size", type=int, default=None, metavar="G",
                    help="int4: input columns per scale and zero, 32, 64 (default), 128 or 256; it must divide "
                         "every layer's input width")
-    p.add_argument("--float-head", action="store_true",
-                   help="keep the output head in floating point (default: int8, also for --bits 4)")
+    head = p.add_mutually_exclusive_group()
+    head.add_argument("--head-bits", type=int, default=None, choices=(4, 8, 16),
+                      help="the output head's bits (default: --bits; 8 or 16 keep more of the logits' "
+                           "precision; 16 = floating point)")
+    head.add_argument("--float-head", action="store_true", help="the same as --head-bits 16")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write (a new one)")
     p.set_defaults(func=quantize_command)
 
@@ -28,7 +31,7 @@ def quantize_command(args) -> int:
     import decoderlm
     from decoderlm.quantize import QuantSpec, linear_weight_bytes, quantize_model
 
-    spec = QuantSpec(args.bits, args.group_size, 16 if args.float_head else 8).validated()
+    spec = QuantSpec(args.bits, args.group_size, 16 if args.float_head else args.head_bits).validated()
     source, out = Path(args.model), Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
