@@ -143,13 +143,18 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
               "int4_matvec: contiguous inputs");
   const auto* xb = x.const_data_ptr<c10::BFloat16>();
   std::vector<Int4Activations> xs(M);
-  for (int64_t m = 0; m < M; ++m) {
+  for (int64_t m = 0; m < M; ++m) {  // 32 columns at a time: 16 (even, odd) pairs of bf16 bits
     Int4Activations& a = xs[m];
     a.even.resize(K / 2), a.odd.resize(K / 2), a.group_sums.assign(K / group_size, 0.f);
-    for (int64_t k = 0; k < K; ++k) {
-      const c10::BFloat16 v = xb[m * K + k];
-      (k % 2 ? a.odd : a.even)[k / 2] = v.x;
-      a.group_sums[k / group_size] += bf16_to_float(v);
+    for (int64_t k = 0; k < K; k += 32) {
+      const __m512i pairs = _mm512_loadu_si512(xb + m * K + k);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.even.data() + k / 2), _mm512_cvtepi32_epi16(pairs));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.odd.data() + k / 2),
+                          _mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16)));
+      // a bf16 is the top half of a float32: the even one shifted up, the odd one with the even cleared
+      const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
+      const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(int32_t(0xFFFF0000))));
+      a.group_sums[k / group_size] += _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
     }
   }
   at::Tensor y = at::empty({M, N}, x.options());
