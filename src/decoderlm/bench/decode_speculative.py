@@ -95,7 +95,8 @@ def run(quick: bool) -> list[dict]:
     for name, base in (("draft model", "plain"), ("prompt lookup 8, copy prompt", "plain, copy prompt")):
         rows.append({"suite": "generate", "table": TABLE, "models": origin, "contender": name,
                      "draft size / model size": draft_share if name == "draft model" else "",
-                     "guesses kept": kept[name], "new tokens": counts[name], "new tok/s": rate[name], "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
+                     "guesses kept": kept[name], "new tokens": counts[name], "new tok/s": rate[name],
+                     "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
                      "same ids as plain greedy (bf16)": bool(torch.equal(outputs[name], outputs[base])),
                      "same ids as plain greedy (fp32)": exact[name]})
     return rows

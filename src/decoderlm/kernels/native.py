@@ -11,8 +11,9 @@ such kernels for CPU, hence the C++.
 The sources are compiled once per machine, by the first compiled decoding step (about ten seconds,
 with the compiler torch.compile already uses), into one library in `~/.cache/decoderlm/kernels/`
 ($XDG_CACHE_HOME honoured), named by a hash of the sources, the flags and torch's version; later
-processes load it in milliseconds. Where the CPU lacks AVX-512 BF16, there is no compiler, or the build fails (one
-warning), the callers keep torch's own kernels: the same results up to float rounding.
+processes load it in milliseconds. Where the CPU lacks AVX-512 BF16, there is no compiler, or the
+build fails (one warning), the callers keep torch's own kernels: the same results up to float
+rounding.
 """
 
 from __future__ import annotations

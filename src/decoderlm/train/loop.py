@@ -12,7 +12,6 @@ import contextlib
 import math
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
