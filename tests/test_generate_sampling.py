@@ -163,6 +163,11 @@ def test_train_mode_is_restored_and_dropout_is_off():
     a = generate(model, prompt, 10, temperature=0)
     assert model.training
     assert torch.equal(a, generate(model, prompt, 10, temperature=0))  # dropout would make these differ
+    # each module gets its own mode back, a model with some modules in eval mode included
+    model.blocks[0].eval()
+    generate(model, prompt, 4, temperature=0)
+    assert not any(m.training for m in model.blocks[0].modules())
+    assert all(m.training for m in model.blocks[1].modules()) and model.training
 
 
 def test_output_can_be_used_for_training():

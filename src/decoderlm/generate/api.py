@@ -137,10 +137,14 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
 
 @contextlib.contextmanager
 def _eval_mode(model):
-    """Dropout off while generating; the caller's train/eval mode comes back afterwards."""
-    was_training = model.training
-    model.eval()
+    """Dropout off while generating; each module's train/eval mode comes back afterwards. Only the
+    modules in training mode are switched: switching all of them, as `model.eval()` does, costs more
+    than a decoding step of a small model, and a loaded model is already in eval mode."""
+    training = [module for module in model.modules() if module.training]
+    for module in training:
+        module.training = False
     try:
         yield
     finally:
-        model.train(was_training)
+        for module in training:
+            module.training = True
