@@ -27,3 +27,24 @@ def test_quick_run_reports_both_rows(monkeypatch):
         assert row["same ids as plain greedy (fp32)"] is True
     # a random model's greedy text soon repeats itself, which lookup guesses
     assert rows[1]["guesses kept"] > 0
+
+
+def test_the_prompt_lookup_row_can_take_its_own_model(monkeypatch, tmp_path):
+    """DECODERLM_BENCH_COPY_TARGET names the model of the prompt-lookup row (one that copies); without
+    it, and in quick runs, the row uses the target."""
+    from decoderlm import DecoderLM, ModelConfig
+    from decoderlm.data.tokenizers import train_tokenizer
+    from decoderlm.lm import LanguageModel
+
+    tokenizer = train_tokenizer("char", ["a passage and the same passage again"], 40)
+    model = DecoderLM(ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, d_model=32, n_layer=1, n_head=2))
+    LanguageModel.from_model(model, tokenizer).save(tmp_path / "copier")
+    target = object()
+    monkeypatch.delenv("DECODERLM_BENCH_COPY_TARGET", raising=False)
+    assert decode_speculative._copy_model(target, None, quick=False) == (target, None, None)
+    monkeypatch.setenv("DECODERLM_BENCH_COPY_TARGET", str(tmp_path / "copier"))
+    assert decode_speculative._copy_model(target, None, quick=True)[0] is target
+    copier, copier_tokenizer, origin = decode_speculative._copy_model(target, None, quick=False)
+    assert next(copier.parameters()).dtype == torch.bfloat16 and copier.config.d_model == 32
+    assert copier_tokenizer.encode("a passage") == tokenizer.encode("a passage")
+    assert origin == f"trained: {tmp_path / 'copier'}"

@@ -4,9 +4,11 @@ asks for a passage to be written out again.
 
 The guesses mean something only with trained models: DECODERLM_BENCH_TARGET (default: the quickstart,
 DECODERLM_BENCH_RUN or runs/shakespeare) and DECODERLM_BENCH_DRAFT, a draft trained on the same data
-and tokenizer. Each row reports the share of guesses kept, which bounds what speculation can gain:
-prompt lookup pays only when the model copies from its context. Without trained models (and in quick
-runs) the models are random and the rows only show that the machinery runs and what a step costs."""
+and tokenizer. Prompt lookup pays only when the model copies from its context, which a small model
+learns late: DECODERLM_BENCH_COPY_TARGET names a model for the prompt-lookup row (default: the
+target). Each row reports the share of guesses kept, which bounds what speculation can gain. Without
+trained models (and in quick runs) the models are random and the rows only show that the machinery
+runs and what a step costs."""
 
 from __future__ import annotations
 
@@ -61,23 +63,33 @@ def _copy_prompt(tokenizer, vocab_size: int, length: int) -> tuple[torch.Tensor,
     return torch.tensor([ids]), len(passage)
 
 
+def _copy_model(target, tokenizer, quick: bool):
+    """(model, tokenizer, where it came from) for the prompt-lookup row."""
+    run = os.environ.get("DECODERLM_BENCH_COPY_TARGET")
+    if quick or not run:
+        return target, tokenizer, None
+    lm = decoderlm.load(run, dtype="bfloat16")
+    return lm.model, lm.tokenizer, f"trained: {run}"
+
+
 def run(quick: bool) -> list[dict]:
     target, draft, tokenizer, origin = _models(quick)
+    copier, copier_tokenizer, copier_origin = _copy_model(target, tokenizer, quick)
     new_tokens = 24 if quick else 256
     vocab = target.config.vocab_size
     start = torch.randint(0, vocab, (1, 4), generator=torch.Generator().manual_seed(1))
     sampled = generate(target, start, 28, temperature=0.8, seed=0, compile=False)  # the model's own text
-    copy_prompt, copy_length = _copy_prompt(tokenizer, vocab, 48 if quick else 200)
+    copy_prompt, copy_length = _copy_prompt(copier_tokenizer, copier.config.vocab_size, 48 if quick else 200)
     compiled = not quick  # --quick compiles nothing (tens of seconds each): eager, proving only that it runs
     # Speculation keeps prompt, text and guesses in the context window (the quickstart's is 256 tokens).
-    room = target.config.max_seq_len - 8 - 1
-    n_own, n_copy = min(new_tokens, room - sampled.shape[1]), min(copy_length, room - copy_prompt.shape[1])
+    n_own = min(new_tokens, target.config.max_seq_len - 8 - 1 - sampled.shape[1])
+    n_copy = min(copy_length, copier.config.max_seq_len - 8 - 1 - copy_prompt.shape[1])
     runs = {
         "plain": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled),
         "draft model": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled,
                                         draft_model=draft),
-        "plain, copy prompt": lambda: generate(target, copy_prompt, n_copy, temperature=0, compile=compiled),
-        "prompt lookup 8, copy prompt": lambda: generate(target, copy_prompt, n_copy, temperature=0,
+        "plain, copy prompt": lambda: generate(copier, copy_prompt, n_copy, temperature=0, compile=compiled),
+        "prompt lookup 8, copy prompt": lambda: generate(copier, copy_prompt, n_copy, temperature=0,
                                                           compile=compiled, prompt_lookup=8),
     }
     outputs = {name: fn() for name, fn in runs.items()}  # also compiles
@@ -85,7 +97,8 @@ def run(quick: bool) -> list[dict]:
     counts = {"plain": n_own, "draft model": n_own, "plain, copy prompt": n_copy, "prompt lookup 8, copy prompt": n_copy}
     rate = {name: counts[name] / median(s) for name, s in seconds.items()}
     draft_share = sum(p.numel() for p in draft.parameters()) / sum(p.numel() for p in target.parameters())
-    exact = _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy)
+    exact = {"draft model": _same_in_fp32(target, sampled, n_own, draft_model=draft),
+             "prompt lookup 8, copy prompt": _same_in_fp32(copier, copy_prompt, n_copy, prompt_lookup=8)}
     kept = {"draft model": _kept_share(outputs["plain"], sampled.shape[1], DEFAULT_DRAFT_TOKENS,
                                        lambda seq, k: generate(draft, seq.view(1, -1), k, temperature=0,
                                                                compile=False)[0, seq.shape[0]:]),
@@ -93,7 +106,8 @@ def run(quick: bool) -> list[dict]:
                                                         lambda seq, k: PromptLookup().propose(seq, k)[0])}
     rows = []
     for name, base in (("draft model", "plain"), ("prompt lookup 8, copy prompt", "plain, copy prompt")):
-        rows.append({"suite": "generate", "table": TABLE, "models": origin, "contender": name,
+        models = copier_origin if name != "draft model" and copier_origin else origin
+        rows.append({"suite": "generate", "table": TABLE, "models": models, "contender": name,
                      "draft size / model size": draft_share if name == "draft model" else "",
                      "guesses kept": kept[name], "new tokens": counts[name], "new tok/s": rate[name],
                      "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
@@ -114,16 +128,13 @@ def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> float:
     return kept / max(1, rounds * k)
 
 
-def _same_in_fp32(target, draft, sampled, copy_prompt, n_own, n_copy) -> dict[str, bool]:
+def _same_in_fp32(model, prompt, n, **speculation) -> bool:
     """Speculative greedy equals plain greedy up to rounding: checked eagerly on float32 copies, where
     verifying k + 1 positions at once does not part near-ties as bf16 rounding can."""
     import copy
 
-    target32, draft32 = copy.deepcopy(target).float(), copy.deepcopy(draft).float()
-    plain = generate(target32, sampled, n_own, temperature=0, compile=False)
-    copied = generate(target32, copy_prompt, n_copy, temperature=0, compile=False)
-    return {"draft model": bool(torch.equal(plain, generate(target32, sampled, n_own, temperature=0, compile=False,
-                                                            draft_model=draft32))),
-            "prompt lookup 8, copy prompt": bool(torch.equal(copied, generate(target32, copy_prompt, n_copy,
-                                                                              temperature=0, compile=False,
-                                                                              prompt_lookup=8)))}
+    model32 = copy.deepcopy(model).float()
+    if "draft_model" in speculation:
+        speculation["draft_model"] = copy.deepcopy(speculation["draft_model"]).float()
+    plain = generate(model32, prompt, n, temperature=0, compile=False)
+    return bool(torch.equal(plain, generate(model32, prompt, n, temperature=0, compile=False, **speculation)))
