@@ -12,8 +12,8 @@ does not. Two phases teach it:
   2. rows shaped like a request, over the whole context: [some text] a passage, a request such as
      "Again, word for word:", the passage again, then more text; three quarters natural.
 
-Natural text is the run's own prepared training data. The new run directory gets the source's
-config and tokenizer and the tuned weights. docs/benchmarks.md has the run and what it measured.
+Natural text is the run's own prepared training data. The new directory (written after each phase)
+gets the source's recipe, tokenizer and the tuned weights. docs/benchmarks.md has the run and what it measured.
 
     python scripts/copy_finetune.py runs/shakespeare runs/shakespeare-copy [--steps 1500 1500]
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,10 +29,10 @@ from pathlib import Path
 import torch
 
 import decoderlm
-from decoderlm.checkpoint import write_weights
-from decoderlm.checkpoint_io import native_state_dict
 from decoderlm.data.shards import TokenData
+from decoderlm.errors import DecoderLMError
 from decoderlm.model.transformer import IGNORE_INDEX
+from decoderlm.rundir import RunDirectory
 
 REQUESTS = ["\n\nAgain, word for word:\n", "\nAgain, word for word:\n", "\n\nCopy it out:\n", "\nOnce more:\n",
             "\n\nWrite it out again:\n", "\n\n"]
@@ -74,7 +73,7 @@ class CopyRows:
         passage = self.passage(size, natural)
         ids += passage + request + passage
         counted += [natural] * (size + len(request)) + [True] * size
-        rest = length + 1 - len(ids)
+        rest = max(0, length + 1 - len(ids))
         ids += (self.blank + self.passage(rest, True))[:rest]
         counted += [True] * rest
         return ids[:length + 1], counted[1:length + 1]
@@ -93,25 +92,32 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a trained run directory")
     parser.add_argument("out", type=Path, help="the new run directory (must not exist)")
-    parser.add_argument("--data", type=Path, help="prepared token data (default: RUN/data)")
+    parser.add_argument("--data", type=Path, help="prepared token data (default: the run's own)")
     parser.add_argument("--steps", type=int, nargs=2, default=[1500, 1500], metavar=("PHASE1", "PHASE2"))
     args = parser.parse_args(argv)
-    if args.out.exists():
-        print(f"copy_finetune: {args.out} exists; choose a new directory", file=sys.stderr)
+    try:
+        if args.out.exists():
+            raise DecoderLMError(f"{args.out} exists; choose a new directory")
+        lm = decoderlm.load(args.run)
+        natural = TokenData.open(args.data or RunDirectory(args.run).data_path()).train.tolist()
+        tune(lm, natural, args.steps, args.out)
+    except DecoderLMError as err:
+        print(f"copy_finetune: {err}", file=sys.stderr)
         return 2
-    lm = decoderlm.load(args.run)
+    return 0
+
+
+def tune(lm, natural: list[int], steps_per_phase: list[int], out: Path) -> None:
+    """Both phases on `lm`'s model in float32, saved to `out` after each (written by LanguageModel.save)."""
     model, config = lm.model.float(), lm.model.config
-    natural = TokenData.open(args.data or args.run / "data").train.tolist()
     rows = CopyRows(lm.tokenizer, natural, config.vocab_size)
     torch.manual_seed(0)
-    shutil.copytree(args.run, args.out, ignore=shutil.ignore_patterns("checkpoints", "data", "data.json",
-                                                                      "metrics.jsonl", "loss.png"))
-    model.train()
     started = time.time()
-    for phase, steps in zip((1, 2), args.steps):
+    for phase, steps in zip((1, 2), steps_per_phase):
         settings = PHASES[phase]
         length = min(settings["length"], config.max_seq_len)
         optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"], weight_decay=0.0, betas=(0.9, 0.95))
+        model.train()
         for step in range(1, steps + 1):
             ids, counted = rows.batch(phase, settings["rows"], length, settings["random_share"])
             loss = model(ids[:, :-1], ids[:, 1:].masked_fill(~counted, IGNORE_INDEX))
@@ -121,10 +127,7 @@ def main(argv=None) -> int:
             optimizer.step()
             if step % 100 == 0 or step == steps:
                 print(f"phase {phase} step {step}: loss {loss.item():.3f} ({time.time() - started:.0f} s)", flush=True)
-        write_weights(args.out, native_state_dict(model.eval()), sum(args.steps[:phase]))
-        model.train()
-    return 0
-
+        lm.save(out)
 
 if __name__ == "__main__":
     sys.exit(main())

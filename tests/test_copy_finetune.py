@@ -48,3 +48,5 @@ def test_end_to_end_on_a_tiny_run(tmp_path):
     assert not torch.equal(tuned.tok_emb.weight, source.tok_emb.weight)
     assert not (tmp_path / "copy" / "data").exists()
     assert copy_finetune.main([str(tmp_path / "run"), str(tmp_path / "copy")]) == 2  # never over a directory
+    assert copy_finetune.main([str(tmp_path / "absent"), str(tmp_path / "copy2")]) == 2  # one line, no traceback
+    assert not (tmp_path / "copy2").exists()

@@ -81,9 +81,9 @@ def run(quick: bool) -> list[dict]:
     sampled = generate(target, start, 28, temperature=0.8, seed=0, compile=False)  # the model's own text
     copy_prompt, copy_length = _copy_prompt(copier_tokenizer, copier.config.vocab_size, 48 if quick else 200)
     compiled = not quick  # --quick compiles nothing (tens of seconds each): eager, proving only that it runs
-    # Speculation keeps prompt, text and guesses in the context window (the quickstart's is 256 tokens).
-    n_own = min(new_tokens, target.config.max_seq_len - 8 - 1 - sampled.shape[1])
-    n_copy = min(copy_length, copier.config.max_seq_len - 8 - 1 - copy_prompt.shape[1])
+    # Speculation keeps prompt, text and up to 8 guesses + 1 in the context window (the quickstart's is 256).
+    n_own = min(new_tokens, target.config.max_seq_len - 9 - sampled.shape[1])
+    n_copy = min(copy_length, copier.config.max_seq_len - 9 - copy_prompt.shape[1])
     runs = {
         "plain": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled),
         "draft model": lambda: generate(target, sampled, n_own, temperature=0, compile=compiled,

@@ -2,9 +2,10 @@
 
 Which layers: every nn.Linear (attention q/k/v and output projections, the MLP / SwiGLU layers,
 a shared MoE expert) and the output head (as the other layers unless head_bits says otherwise), but
-not the MoE router (tiny, and a flipped routing decision changes a token's whole computation). The embedding stays in floating
-point: decoding reads one of its rows per token, so shrinking it saves no bandwidth. A head tied to
-the embedding gets its own quantized copy. MoE expert stacks are plain parameters and stay as they are.
+not the MoE router (tiny, and a flipped routing decision changes a token's whole computation). The
+embedding stays in floating point: decoding reads one of its rows per token, so shrinking it saves
+no bandwidth. A head tied to the embedding gets its own quantized copy. MoE expert stacks are plain
+parameters and stay as they are.
 """
 
 from __future__ import annotations
