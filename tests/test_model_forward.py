@@ -77,6 +77,18 @@ def test_tokens_after_cached_ones_need_a_mask_and_masks_are_boolean():
         model(torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 4, dtype=torch.long))
 
 
+def test_logits_to_keep_returns_the_last_positions_logits_only():
+    """Decoding a prompt needs the last position's logits; the output layer then runs on it alone."""
+    model = tiny_model().eval()
+    ids = torch.randint(0, 61, (2, 7))
+    with torch.no_grad():
+        full = model(ids)
+        assert full.shape == (2, 7, 61)
+        torch.testing.assert_close(model(ids, logits_to_keep=1), full[:, -1:], rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:], rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(ids, logits_to_keep=0), full, rtol=0, atol=0)
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

@@ -131,6 +131,13 @@ def test_compiled_draft_and_verification_steps_decode_the_same_tokens():
     plain = generate(TARGET, prompt, 20, temperature=0, compile=False)
     assert torch.equal(generate(TARGET, prompt, 20, temperature=0, draft_model=DRAFT, compile=True), plain)
     assert torch.equal(generate(TARGET, prompt, 20, temperature=0, prompt_lookup=4, compile=True), plain)
+    # what decides whether generate announces a compile: this verification (4 guesses + 1) is built now
+    from decoderlm.generate.defaults import verification_compiled_already
+    from decoderlm.generate.speculative import speculative_cache_length
+
+    cache_len = speculative_cache_length(TARGET, prompt.shape[1], 20, 4, None)
+    assert verification_compiled_already(TARGET, cache_len, 5)
+    assert not verification_compiled_already(TARGET, cache_len, 7)
 
 
 def test_failed_guesses_back_off_to_plain_steps_without_changing_the_text(monkeypatch):

@@ -9,13 +9,13 @@ import torch
 
 from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
-from decoderlm.generate.compiled import is_compiled
 from decoderlm.generate.decoding import Sequences, as_prompt
-from decoderlm.generate.defaults import announce_compile, choose_compile, compiled_already
-from decoderlm.generate.model_calls import verify_logits
+from decoderlm.generate.defaults import (announce_compile, choose_compile, compiled_already,
+                                         verification_compiled_already)
 from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
-from decoderlm.generate.speculative import check_speculative, speculative_cache_length, speculative_tokens
+from decoderlm.generate.speculative import (DEFAULT_DRAFT_TOKENS, check_speculative, speculative_cache_length,
+                                            speculative_tokens)
 
 
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
@@ -118,9 +118,9 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     if mask is not None:
         prompt = prompt[:, mask[0].bool()]
     # A text that would outgrow the context is refused here, not when a stream is first read.
-    speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)
+    cache_len = speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)
     chosen = choose_compile(compile, model, opts.max_new_tokens, kind="speculative")
-    if chosen and not is_compiled(model, verify_logits):
+    if chosen and not verification_compiled_already(model, cache_len, (prompt_lookup or DEFAULT_DRAFT_TOKENS) + 1):
         announce_compile()
     compile = chosen
 

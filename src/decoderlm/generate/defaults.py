@@ -69,6 +69,18 @@ def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens:
     return packaged.ready(model, batch_size, cache_len)
 
 
+def verification_compiled_already(model, cache_len: int, tokens: int) -> bool:
+    """Whether speculative decoding's verification of `tokens` positions is compiled in this process
+    or built on disk."""
+    from decoderlm.generate import packaged
+    from decoderlm.generate.compiled import is_compiled
+    from decoderlm.generate.model_calls import verify_logits
+
+    if is_compiled(model, verify_logits):
+        return True
+    return packaged.supported(model, False) and packaged.ready(model, 1, cache_len, "verify", tokens)
+
+
 def announce_compile() -> None:
     """The one line shown before a decoding step is compiled (not when a built one is loaded)."""
     print("decoderlm: compiling the decoding step (tens of seconds, once; compile=False / --no-compile "

@@ -33,4 +33,4 @@ def padded_positions(valid: torch.Tensor) -> torch.Tensor:
 
 def last_logits(model, tokens: torch.Tensor, **inputs) -> torch.Tensor:
     """float32 logits (B, V) that follow the last of `tokens` (B, T); `inputs` go to the model."""
-    return model(tokens, **inputs)[:, -1].float()
+    return model(tokens, logits_to_keep=1, **inputs)[:, -1].float()

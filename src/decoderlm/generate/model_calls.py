@@ -41,7 +41,8 @@ class StaticCacheRunner:
     def prefill(self, tokens: torch.Tensor) -> None:
         """(n,) tokens at positions 0..n-1 (eager: prompts differ in length)."""
         if tokens.shape[0]:
-            verify_logits(self.model, tokens.view(1, -1), self.cache)
+            mask = causal_mask(tokens.shape[0], self.cache.max_len, self.cache.length)
+            self.model(tokens.view(1, -1), cache=self.cache, attention_mask=mask, logits_to_keep=1)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""

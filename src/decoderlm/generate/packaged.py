@@ -73,12 +73,13 @@ class PackagedStep:
         return logits
 
 
-def ready(model, batch: int, cache_len: int) -> bool:
-    """Whether the one-token step is loaded in this process or built on disk: using it costs no compile."""
+def ready(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1) -> bool:
+    """Whether the call (default: the one-token step) is loaded in this process or built on disk:
+    using it costs no compile."""
     entry = _LOADED.get(model)
-    if entry is not None and entry[0] == _weights_version(model) and ("step", batch, cache_len, 1) in entry[1]:
+    if entry is not None and entry[0] == _weights_version(model) and (kind, batch, cache_len, tokens) in entry[1]:
         return True
-    return (directory() / f"{_key(model, batch, cache_len)}.so").is_file()
+    return (directory() / f"{_key(model, batch, cache_len, kind, tokens)}.so").is_file()
 
 
 def packaged_step(model, batch: int, cache_len: int, kind: str = "step", tokens: int = 1) -> PackagedStep:

@@ -103,7 +103,8 @@ class DecoderLM(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, positions=None, attention_mask=None):
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, positions=None, attention_mask=None,
+                logits_to_keep: int = 0):
         """idx (B, T) token ids -> logits (B, T, vocab_size); with targets (B, T), the training loss
         instead: mean cross-entropy (IGNORE_INDEX targets left out) plus `aux_loss()`.
 
@@ -111,6 +112,9 @@ class DecoderLM(nn.Module):
         positions: (B, T) or (1, T) position of each token; default: counting on from the cache.
         attention_mask: bool, broadcastable to (B, 1, T, S) over the S keys (cached ones first),
         True = may attend. None: causal. decoderlm.generate.inputs builds the masks decoding needs.
+        logits_to_keep: logits of the last this many positions only (0: all), as in transformers;
+        decoding a prompt needs only the last position's, and the output layer is a large share of a
+        small model's work.
         """
         T = idx.shape[1]
         start = cache.length if cache is not None else 0
@@ -126,6 +130,8 @@ class DecoderLM(nn.Module):
             x = block(x, rope, attention_mask, cache)
         if cache is not None:
             cache.advance(T)
+        if logits_to_keep and targets is None:
+            x = x[:, -logits_to_keep:]
         x = self.final_norm(x)
         if targets is None:
             return self.lm_head(x)
