@@ -50,7 +50,15 @@ def test_eos_stop_strings_and_streaming_match_plain_decoding():
     got = generate(TARGET, prompt, 30, temperature=0, eos_token_id=eos, draft_model=DRAFT)
     assert torch.equal(got, expected) and got.shape[1] < plain.shape[1]
     streamed = list(generate(TARGET, prompt, 30, temperature=0, prompt_lookup=2, stream=True))
+    assert all(token.shape == (1,) for token in streamed)  # one token at a time, as plain streams
     assert torch.equal(torch.cat(streamed), plain[0, prompt.shape[1]:])
+    # a stop_fn (stop strings) ends the text after the same token as plain decoding, mid-round too
+    mark = int(plain[0, prompt.shape[1] + 9])
+    stop = lambda seqs: (seqs.generated() == mark).any(-1)  # noqa: E731
+    expected = generate(TARGET, prompt, 30, temperature=0, stop_fn=stop, compile=False)
+    assert expected.shape[1] < plain.shape[1]
+    for speculation in ({"prompt_lookup": 4}, {"draft_model": DRAFT}):
+        assert torch.equal(generate(TARGET, prompt, 30, temperature=0, stop_fn=stop, **speculation), expected)
     # sampling with a seed is reproducible
     a = generate(TARGET, prompt, 20, temperature=0.9, seed=3, draft_model=DRAFT)
     assert torch.equal(a, generate(TARGET, prompt, 20, temperature=0.9, seed=3, draft_model=DRAFT))

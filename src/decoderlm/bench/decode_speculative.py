@@ -26,9 +26,9 @@ from decoderlm.generate.drafts import PromptLookup
 from decoderlm.generate.speculative import DEFAULT_DRAFT_TOKENS
 
 TABLE = "speculative decoding (compiled, greedy, batch 1)"
-# Guesses per prompt-lookup round: a long copy keeps most of them, and on a small model verifying 17
-# positions costs little more than verifying 9 (docs/benchmarks.md), so longer rounds pay.
-LOOKUP = 16
+# Guesses per prompt-lookup round: a long copy keeps nearly all of them, and on a small model a
+# verification of 33 positions costs about twice one of 9 (docs/benchmarks.md), so long rounds pay.
+LOOKUP = 32
 LOOKUP_ROW = f"prompt lookup {LOOKUP}, copy prompt"
 
 

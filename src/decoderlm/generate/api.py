@@ -124,15 +124,14 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
         announce_compile()
     compile = chosen
 
-    def tokens():
+    def rounds():
         with _eval_mode(model), _eval_mode(draft_model if draft_model is not None else model):
             yield from speculative_tokens(model, prompt, opts, draft_model=draft_model,
                                           prompt_lookup=prompt_lookup, compiled=compile, stop_fn=stop_fn)
 
     if stream:
-        return tokens()
-    new = list(tokens())
-    return torch.cat([prompt, torch.stack(new, dim=1)], dim=1) if new else prompt.clone()
+        return (token.view(1) for new in rounds() for token in new)
+    return torch.cat([prompt, *(new.view(1, -1) for new in rounds())], dim=1)
 
 
 @contextlib.contextmanager

@@ -108,11 +108,12 @@ class Sequences:
         T = tokens.shape[1]
         valid = None if self.valid is None else self.valid[:, self.offset:self.length]
         positions = None if valid is None else padded_positions(valid)
-        if self.cache.static:  # attention spans every slot of the cache
-            mask = causal_mask(T, self.cache.max_len, self.cache.length, self._static_valid())
-        else:
-            mask = None if valid is None else causal_mask(T, valid=valid)
-        logits = last_logits(self.model, tokens, cache=self.cache, positions=positions, attention_mask=mask)
+        mask = None if valid is None else causal_mask(T, valid=valid)
+        # A static cache is written through a growing view of it: the prompt attends over its own slots.
+        cache = self.cache.growing_view() if self.cache.static else self.cache
+        logits = last_logits(self.model, tokens, cache=cache, positions=positions, attention_mask=mask)
+        if cache is not self.cache:
+            self.cache.advance(T)
         self.filled = T
         if valid is not None:
             self.next_pos = valid.long().sum(-1, keepdim=True)  # left padding: real tokens count from 0

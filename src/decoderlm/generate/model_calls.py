@@ -39,10 +39,11 @@ class StaticCacheRunner:
         self.cache.length = torch.tensor(n, dtype=torch.long, device=self.cache.device)
 
     def prefill(self, tokens: torch.Tensor) -> None:
-        """(n,) tokens at positions 0..n-1 (eager: prompts differ in length)."""
+        """(n,) tokens at positions 0..n-1 of the empty cache (eager: prompts differ in length; through
+        a growing view of the cache, so that they attend over their own slots only)."""
         if tokens.shape[0]:
-            mask = causal_mask(tokens.shape[0], self.cache.max_len, self.cache.length)
-            self.model(tokens.view(1, -1), cache=self.cache, attention_mask=mask, logits_to_keep=1)
+            self.model(tokens.view(1, -1), cache=self.cache.growing_view(), logits_to_keep=1)
+            self.cache.advance(tokens.shape[0])
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""

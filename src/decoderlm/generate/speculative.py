@@ -86,7 +86,8 @@ def check_speculative(opts: GenerationOptions, batch: int, draft_model, prompt_l
 def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, draft_model=None,
                        prompt_lookup: int | None = None, compiled: bool = False,
                        stop_fn=None) -> Iterator[torch.Tensor]:
-    """Yield the new tokens (each (1,)) of one prompt (1, P)."""
+    """Yield the new tokens of one prompt (1, P), a round's worth (n,) at a time: handling a round's
+    tokens one by one in Python would cost about as much as a step per round."""
     k = prompt_lookup or DEFAULT_DRAFT_TOKENS
     P = prompt.shape[1]
     max_len = speculative_cache_length(model, P, opts.max_new_tokens, prompt_lookup, draft_model)
@@ -95,7 +96,7 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
     target = StaticCacheRunner(model, max_len, compiled)
     source = DraftModel(draft_model, max_len, compiled) if draft_model is not None else PromptLookup()
     chooser = _Chooser(opts, model.config.vocab_size, make_generator(opts.seed, prompt.device))
-    eos = set(opts.eos_token_ids)
+    eos = torch.tensor(opts.eos_token_ids, dtype=torch.long, device=prompt.device)
     n = P
     with torch.inference_mode():
         target.prefill(seq[:n - 1])
@@ -114,13 +115,23 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
                 new = torch.cat([drafts[:kept], own])
                 target.filled = n + kept
                 source.keep(n + kept)
-        for token in new[:P + opts.max_new_tokens - n]:
-            seq[n] = token
-            n += 1
-            view.length = n
-            yield token.view(1).clone()
-            if int(token) in eos or (stop_fn is not None and _stopped(stop_fn(view))):
-                return
+        new = new[:P + opts.max_new_tokens - n]
+        ends = torch.isin(new, eos).nonzero()
+        done = bool(ends.numel())
+        if done:  # up to the first end-of-sequence token
+            new = new[:int(ends[0]) + 1]
+        if stop_fn is not None:  # it judges the text after every token
+            for i in range(new.shape[0]):
+                seq[n + i] = new[i]
+                view.length = n + i + 1
+                if _stopped(stop_fn(view)):
+                    new, done = new[:i + 1], True
+                    break
+        seq[n:n + new.shape[0]] = new
+        n += new.shape[0]
+        yield new.clone()
+        if done:
+            return
 
 
 class Backoff:

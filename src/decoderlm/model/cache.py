@@ -43,6 +43,19 @@ class KVCache:
         cache.static, cache.device, cache.length = True, k[0].device, length
         return cache
 
+    def growing_view(self) -> "KVCache":
+        """This empty static cache's buffers as a growing cache, for writing a prompt from slot 0: its
+        attention then spans only the prompt's own slots (causal, no mask) instead of every slot of
+        the buffers behind a mask, which on CPU costs several times more. Afterwards the static
+        cache's `advance(T)` records the T slots written."""
+        if self.static and not isinstance(self.length, int) and int(self.length) != 0:
+            raise ValueError("growing_view starts at slot 0 of an empty static cache")
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k, self.v
+        view.max_len, view.batch_size, view.device = self.max_len, self.batch_size, self.device
+        view.static, view.length = False, 0
+        return view
+
     def reset(self) -> None:
         """Forget every written slot (the buffers are overwritten from slot 0 on)."""
         self.length = torch.zeros((), dtype=torch.long, device=self.device) if self.static else 0
