@@ -24,6 +24,7 @@ def test_quick_run_reports_both_rows(monkeypatch):
     for row in rows:
         assert row["models"] == "random weights (timing only)"
         assert 0.0 <= row["guesses kept"] <= 1.0 and row["speed-up"] > 0
+        assert row["speed-up if every guess were kept"] > 0
         assert row["same ids as plain greedy (fp32)"] is True
     # a random model's greedy text soon repeats itself, which lookup guesses
     assert rows[1]["guesses kept"] > 0
@@ -48,3 +49,30 @@ def test_the_prompt_lookup_row_can_take_its_own_model(monkeypatch, tmp_path):
     assert next(copier.parameters()).dtype == torch.bfloat16 and copier.config.d_model == 32
     assert copier_tokenizer.encode("a passage") == tokenizer.encode("a passage")
     assert origin == f"trained: {tmp_path / 'copier'}"
+
+
+def test_best_case_compares_k_plus_1_steps_with_one_full_round(monkeypatch):
+    """(k + 1) steps' time against k draft steps + one verification, from each call's own cost."""
+    clock = [0.0]
+
+    class FakeRunner:  # each call advances a fake clock by its cost
+        def __init__(self, model, cache_len, compiled):
+            self.step_cost = model["step"]
+            self.filled = 0
+
+        def prefill(self, tokens):
+            pass
+
+        def step(self, token):
+            clock[0] += self.step_cost
+
+        def verify(self, tokens):
+            clock[0] += 0.5 * tokens.shape[0]
+
+    monkeypatch.setattr(decode_speculative, "StaticCacheRunner", FakeRunner)
+    monkeypatch.setattr(decode_speculative.time, "perf_counter", lambda: clock[0])
+    target, draft = {"step": 1.0}, {"step": 0.25}
+    # lookup, k = 3: 4 steps (4.0) against a verification of 4 positions (2.0)
+    assert decode_speculative._best_case(target, 3, False, cache_len=64) == 2.0
+    # a draft adds 3 of its steps (0.75): 4.0 / 2.75
+    assert abs(decode_speculative._best_case(target, 3, False, cache_len=64, draft=draft) - 4.0 / 2.75) < 1e-9
