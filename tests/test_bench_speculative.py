@@ -72,7 +72,7 @@ def test_best_case_compares_k_plus_1_steps_with_one_full_round(monkeypatch):
     monkeypatch.setattr(decode_speculative, "StaticCacheRunner", FakeRunner)
     monkeypatch.setattr(decode_speculative.time, "perf_counter", lambda: clock[0])
     target, draft = {"step": 1.0}, {"step": 0.25}
-    # lookup, k = 3: 4 steps (4.0) against a verification of 4 positions (2.0)
-    assert decode_speculative._best_case(target, 3, False, cache_len=64) == 2.0
-    # a draft adds 3 of its steps (0.75): 4.0 / 2.75
+    # lookup, k = 15: 16 steps (16.0) against a verification of 16 positions (8.0)
+    assert decode_speculative._best_case(target, 15, False, cache_len=64) == 2.0
+    # a draft adds 3 of its steps (0.75): 4.0 / (0.75 + 2.0)
     assert abs(decode_speculative._best_case(target, 3, False, cache_len=64, draft=draft) - 4.0 / 2.75) < 1e-9

@@ -143,14 +143,14 @@ def _best_case(model, k: int, compiled: bool, *, cache_len: int, draft=None, cal
             runner.filled = 8
         return median(seconds)
 
-    prompt = torch.zeros(8, dtype=torch.long)
+    prompt, round_tokens = torch.zeros(8, dtype=torch.long), torch.zeros(k + 1, dtype=torch.long)
     with torch.inference_mode():
         runner = StaticCacheRunner(model, cache_len, compiled)
         runner.prefill(prompt)
         runner.step(prompt[0])  # the first call loads (or builds) the compiled code
         step = cost(runner, lambda: runner.step(prompt[0]))
-        runner.verify(prompt[:k + 1])
-        verify = cost(runner, lambda: runner.verify(prompt[:k + 1]))
+        runner.verify(round_tokens)
+        verify = cost(runner, lambda: runner.verify(round_tokens))
         guessing = 0.0
         if draft is not None:
             small = StaticCacheRunner(draft, cache_len, compiled)
