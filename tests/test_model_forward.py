@@ -89,6 +89,29 @@ def test_logits_to_keep_returns_the_last_positions_logits_only():
         torch.testing.assert_close(model(ids, logits_to_keep=0), full, rtol=0, atol=0)
 
 
+def test_a_prompt_written_through_a_growing_view_fills_a_static_cache_alike():
+    """Decoding writes a prompt into an empty static cache through `growing_view` (causal over the
+    prompt's own slots): the cache holds what the masked write over every slot would have put there."""
+    from decoderlm.generate.inputs import causal_mask
+
+    model = tiny_model().eval()
+    ids, after = torch.randint(0, 61, (1, 9)), torch.randint(0, 61, (1, 1))
+    masked, viewed = model.new_cache(1, 24, static=True), model.new_cache(1, 24, static=True)
+    with torch.no_grad():
+        expected = model(ids, cache=masked, attention_mask=causal_mask(9, 24, masked.length))[:, -1:]
+        got = model(ids, cache=viewed.growing_view(), logits_to_keep=1)
+        viewed.advance(9)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        assert int(viewed.length) == 9 and torch.is_tensor(viewed.length)
+        for layer in range(2):
+            torch.testing.assert_close(viewed.k[layer][:, :, :9], masked.k[layer][:, :, :9], rtol=0, atol=1e-6)
+            torch.testing.assert_close(viewed.v[layer][:, :, :9], masked.v[layer][:, :, :9], rtol=0, atol=1e-6)
+        step = [model(after, cache=c, attention_mask=causal_mask(1, 24, c.length)) for c in (masked, viewed)]
+        torch.testing.assert_close(step[1], step[0], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="empty cache"):
+        viewed.growing_view()
+
+
 def _imports(path: Path) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):

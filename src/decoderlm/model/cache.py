@@ -48,8 +48,8 @@ class KVCache:
         attention then spans only the prompt's own slots (causal, no mask) instead of every slot of
         the buffers behind a mask, which on CPU costs several times more. Afterwards the static
         cache's `advance(T)` records the T slots written."""
-        if self.static and not isinstance(self.length, int) and int(self.length) != 0:
-            raise ValueError("growing_view starts at slot 0 of an empty static cache")
+        if int(self.length) != 0:
+            raise ValueError("growing_view starts at slot 0 of an empty cache")
         view = KVCache.__new__(KVCache)
         view.k, view.v = self.k, self.v
         view.max_len, view.batch_size, view.device = self.max_len, self.batch_size, self.device
