@@ -15,6 +15,9 @@ def test_kept_share_counts_the_matching_prefix_of_each_round():
     # first guess right, second wrong: rounds keep 1 of 2 and advance by 2
     half = lambda seq, k: torch.stack([text[0, seq.shape[0]], torch.tensor(-1)])  # noqa: E731
     assert decode_speculative._kept_share(text, 4, 2, half) == 0.5
+    # no guess (None): a token without a round; here every other position, all guesses right
+    sometimes = lambda seq, k: right(seq, k) if seq.shape[0] % 2 else None  # noqa: E731
+    assert decode_speculative._kept_share(text, 4, 3, sometimes) == 1.0
 
 
 def test_quick_run_reports_both_rows(monkeypatch):

@@ -108,7 +108,7 @@ def test_acceptance_rule_reproduces_the_target_distribution(draft_kind):
 def test_sampled_first_token_follows_the_model():
     """End to end: the first sampled token with prompt lookup has the model's own distribution."""
     target = model(2, d_model=32, n_layer=1, vocab=6, init_std=0.5)
-    prompt = torch.tensor([[1, 2, 3, 1, 2]])  # "1 2" repeats, so lookup guesses 3
+    prompt = torch.tensor([[1, 2, 3, 4, 1, 2, 3]])  # "1 2 3" repeats, so lookup guesses 4
     with torch.no_grad():
         probs = (target(prompt)[0, -1] / 0.9).softmax(-1)
     counts = torch.zeros(6)
@@ -116,6 +116,26 @@ def test_sampled_first_token_follows_the_model():
         token = generate(target, prompt, 1, temperature=0.9, seed=seed, prompt_lookup=2)[0, -1]
         counts[token] += 1
     assert _chi_square_p_value(counts, probs) > 1e-3
+
+
+def test_prompt_lookup_copies_after_the_latest_three_token_match_or_guesses_nothing(monkeypatch):
+    from decoderlm.generate.drafts import PromptLookup
+
+    lookup = PromptLookup()
+    text = torch.tensor([5, 1, 2, 3, 7, 8, 1, 2, 3, 9, 1, 2, 3])
+    guesses, q = lookup.propose(text, 2)  # the latest earlier "1 2 3" is followed by 9, 1
+    assert guesses.tolist() == [9, 1] and q is None
+    assert lookup.propose(text, 5)[0].tolist() == [9, 1, 2, 3, 3]  # padded with the last token
+    assert lookup.propose(torch.tensor([1, 2, 4, 1, 2]), 3) is None  # "1 2" recurs, no three tokens do
+    assert lookup.propose(torch.tensor([1, 2, 3]), 3) is None
+    # with nothing to guess, decoding takes ordinary steps and verifies nothing
+    from decoderlm.generate.model_calls import StaticCacheRunner
+
+    monkeypatch.setattr(StaticCacheRunner, "verify", lambda *a: pytest.fail("verified without guesses"))
+    prompt = torch.arange(10).view(1, -1)  # no token repeats in the prompt
+    target = model(4, vocab=64)
+    plain = generate(target, prompt, 2, temperature=0, compile=False)
+    assert torch.equal(generate(target, prompt, 2, temperature=0, compile=False, prompt_lookup=4), plain)
 
 
 def test_bad_speculative_input_is_one_line():

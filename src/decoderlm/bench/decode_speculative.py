@@ -108,8 +108,7 @@ def run(quick: bool) -> list[dict]:
     kept = {"draft model": _kept_share(outputs["plain"], sampled.shape[1], DEFAULT_DRAFT_TOKENS,
                                        lambda seq, k: generate(draft, seq.view(1, -1), k, temperature=0,
                                                                compile=False)[0, seq.shape[0]:]),
-            LOOKUP_ROW: _kept_share(outputs["plain, copy prompt"], copy_prompt.shape[1], LOOKUP,
-                                    lambda seq, k: PromptLookup().propose(seq, k)[0])}
+            LOOKUP_ROW: _kept_share(outputs["plain, copy prompt"], copy_prompt.shape[1], LOOKUP, _lookup)}
     best = {"draft model": _best_case(target, DEFAULT_DRAFT_TOKENS, compiled, draft=draft,
                                       cache_len=speculative_cache_length(target, sampled.shape[1], n_own,
                                                                          None, draft)),
@@ -160,13 +159,22 @@ def _best_case(model, k: int, compiled: bool, *, cache_len: int, draft=None, cal
     return (k + 1) * step / (guessing + verify)
 
 
+def _lookup(seq: torch.Tensor, k: int) -> torch.Tensor | None:
+    proposal = PromptLookup().propose(seq, k)
+    return None if proposal is None else proposal[0]
+
+
 def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> float:
     """The share of guesses the model keeps, replayed over plain greedy's output (1, n): from the
     prompt's end, guess k tokens, keep the prefix that matches, step past it and the model's own
-    token. What speculative decoding gains is bounded by it (rounds skipped by the back-off aside)."""
+    token; where `propose` has no guess (None), one token without a round. What speculative
+    decoding gains is bounded by it (rounds skipped by the back-off aside)."""
     seq, n, kept, rounds = plain[0], prompt_len, 0, 0
     while n + k <= seq.shape[0]:
         guesses = propose(seq[:n], k)
+        if guesses is None:
+            n += 1
+            continue
         match = int((guesses == seq[n:n + k]).long().cumprod(0).sum())
         kept, rounds, n = kept + match, rounds + 1, n + match + 1
     return kept / max(1, rounds * k)

@@ -1,7 +1,8 @@
 """Where speculative decoding's guesses come from: a small draft model, or the text itself.
 
 Each source proposes k tokens after the sequence so far, with the distributions it drew them from
-(k, V), or None when the guesses are deterministic (prompt lookup: a point mass on each guess).
+(k, V), or None when the guesses are deterministic (prompt lookup: a point mass on each guess);
+prompt lookup proposes nothing (None) when the text gives it nothing to copy.
 """
 
 from __future__ import annotations
@@ -41,27 +42,30 @@ class DraftModel:
 
 
 class PromptLookup:
-    """Guesses by copying: find the latest earlier occurrence of the sequence's last n tokens
-    (n = 3, then 2, then 1) and propose what followed it. Written here because it is a few lines
-    over a token tensor (transformers has it only inside its own generate loop)."""
+    """Guesses by copying: find the latest earlier occurrence of the sequence's last `ngram` tokens
+    and propose what followed it; no occurrence, no guess (the caller takes an ordinary step). A
+    verification costs several steps on a small model, and a match of one or two tokens (a comma,
+    a newline and a capital) is poor evidence that a copy follows: on the copy prompts and free text
+    measured in docs/benchmarks.md, three-token matches wasted the fewest verifications. Written here
+    because it is a few lines over a token tensor (transformers has it only inside its own generate
+    loop)."""
 
-    def __init__(self, max_ngram: int = 3):
-        self.max_ngram = max_ngram
+    def __init__(self, ngram: int = 3):
+        self.ngram = ngram
 
     def prefill(self, seq: torch.Tensor) -> None:
         pass
 
-    def propose(self, seq: torch.Tensor, k: int, choose=None) -> tuple[torch.Tensor, None]:
-        n_tokens = seq.shape[0]
-        for n in range(min(self.max_ngram, n_tokens - 1), 0, -1):
-            tail = seq[-n:]
-            windows = seq[:-1].unfold(0, n, 1)  # (n_tokens - n, n): every earlier n-gram
-            hits = (windows == tail).all(dim=1).nonzero().flatten()
-            if hits.numel():
-                start = int(hits[-1]) + n
-                found = seq[start:start + k]
-                return _pad(found, k, seq[-1]), None
-        return _pad(seq[:0], k, seq[-1]), None
+    def propose(self, seq: torch.Tensor, k: int, choose=None) -> tuple[torch.Tensor, None] | None:
+        n = self.ngram
+        if seq.shape[0] <= n:
+            return None
+        windows = seq[:-1].unfold(0, n, 1)  # (n_tokens - n, n): every earlier n-gram
+        hits = (windows == seq[-n:]).all(dim=1).nonzero().flatten()
+        if not hits.numel():
+            return None
+        start = int(hits[-1]) + n
+        return _pad(seq[start:start + k], k, seq[-1]), None
 
     def keep(self, n_valid: int) -> None:
         pass

@@ -105,10 +105,11 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
     backoff = Backoff()
     while n < P + opts.max_new_tokens:
         with torch.inference_mode():
-            if backoff.plain_now():  # the last round did not pay: one ordinary step
+            proposal = None if backoff.plain_now() else source.propose(seq[:n], k, chooser)
+            if proposal is None:  # the last round did not pay, or nothing to guess: one ordinary step
                 new = chooser(target.step(seq[n - 1]))[0]
             else:
-                drafts, q = source.propose(seq[:n], k, chooser)
+                drafts, q = proposal
                 logits = target.verify(torch.cat([seq[n - 1:n], drafts]))
                 kept, own = accept(logits, drafts, q, chooser)
                 backoff.after_round(kept, k)
