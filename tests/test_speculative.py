@@ -138,6 +138,37 @@ def test_prompt_lookup_copies_after_the_latest_three_token_match_or_guesses_noth
     assert torch.equal(generate(target, prompt, 2, temperature=0, compile=False, prompt_lookup=4), plain)
 
 
+def test_a_draft_catches_up_on_ordinary_steps_in_one_call(monkeypatch):
+    """After the back-off's ordinary steps the draft reads the tokens it missed in one call, and
+    guesses what it would have guessed stepping through them."""
+    import decoderlm.generate.drafts as drafts
+    from decoderlm.generate.model_calls import StaticCacheRunner
+
+    seq = torch.randint(0, 64, (12,), generator=torch.Generator().manual_seed(2))
+    choose = _Chooser(GenerationOptions(max_new_tokens=1, temperature=0), 64, None)
+    extended = []
+    original = StaticCacheRunner.extend
+    monkeypatch.setattr(StaticCacheRunner, "extend",
+                        lambda self, tokens: extended.append(len(tokens)) or original(self, tokens))
+
+    def rounds(catch_up_at_once):
+        monkeypatch.setattr(drafts, "CATCH_UP_AT_ONCE", catch_up_at_once)
+        draft = drafts.DraftModel(DRAFT, 64, compiled=False)
+        draft.prefill(seq[:4])
+        with torch.inference_mode():
+            first = draft.propose(seq[:5], 3, choose)[0]  # a round: 2 tokens unseen
+            draft.keep(5)
+            second = draft.propose(seq, 3, choose)[0]  # after ordinary steps: 7 unseen
+        return first, second, int(draft.runner.filled)
+
+    stepwise = rounds(100)
+    assert extended == []
+    at_once = rounds(2)
+    assert extended == [6]  # all but the last unseen token in one call
+    assert all(torch.equal(a, b) for a, b in zip(at_once[:2], stepwise[:2]))
+    assert at_once[2] == stepwise[2] == 12 + 2
+
+
 def test_bad_speculative_input_is_one_line():
     prompt = torch.tensor([[1, 2, 3]])
     other_vocab = model(3, d_model=32, n_layer=1, vocab=50)

@@ -12,6 +12,11 @@ import torch
 from decoderlm.generate.model_calls import StaticCacheRunner
 
 
+# After the back-off's ordinary steps the draft has not seen those tokens; stepping through each
+# would cost most of a model's step per token (a small model's step is mostly fixed costs).
+CATCH_UP_AT_ONCE = 2
+
+
 class DraftModel:
     """A smaller model with the same vocabulary, decoding k tokens ahead over its own static cache."""
 
@@ -23,8 +28,11 @@ class DraftModel:
 
     def propose(self, seq: torch.Tensor, k: int, choose) -> tuple[torch.Tensor, torch.Tensor | None]:
         """seq: (n,) the tokens so far. choose(logits (1, V)) -> (token (1,), probs (1, V) or None)."""
-        logits = None
-        for token in seq[self.runner.filled:]:  # the tokens it has not seen (1 or 2)
+        unseen = seq[self.runner.filled:]  # 1 or 2 tokens after a round, more after ordinary steps
+        if unseen.shape[0] > CATCH_UP_AT_ONCE:  # one call for all but the last, not a step each
+            self.runner.extend(unseen[:-1])
+            unseen = unseen[-1:]
+        for token in unseen:
             logits = self.runner.step(token)
         tokens, probs = [], []
         for i in range(k):

@@ -45,6 +45,11 @@ class StaticCacheRunner:
             self.model(tokens.view(1, -1), cache=self.cache.growing_view(), logits_to_keep=1)
             self.cache.advance(tokens.shape[0])
 
+    def extend(self, tokens: torch.Tensor) -> None:
+        """(n,) tokens at positions filled.. in one eager call (their count varies), logits unused."""
+        mask = causal_mask(tokens.shape[0], self.cache.max_len, self.cache.length)
+        self.model(tokens.view(1, -1), cache=self.cache, attention_mask=mask, logits_to_keep=1)
+
     def step(self, token: torch.Tensor) -> torch.Tensor:
         """One token (a 0-d tensor) at position `filled` -> float32 logits (1, V) of the next one."""
         token = token.reshape(1, 1).clone(memory_format=torch.contiguous_format)
