@@ -18,6 +18,9 @@ def test_kept_share_counts_the_matching_prefix_of_each_round():
     # no guess (None): a token without a round; here every other position, all guesses right
     sometimes = lambda seq, k: right(seq, k) if seq.shape[0] % 2 else None  # noqa: E731
     assert decode_speculative._kept_share(text, 4, 3, sometimes) == 1.0
+    # up to the end: a last round with one token left checks one guess (4 of 5 kept here)
+    late_miss = lambda seq, k: right(seq, k) if seq.shape[0] < 8 else wrong(seq, k)  # noqa: E731
+    assert decode_speculative._kept_share(text[:, :10], 4, 4, late_miss) == 0.8
 
 
 def test_quick_run_reports_both_rows(monkeypatch):
@@ -77,5 +80,5 @@ def test_best_case_compares_k_plus_1_steps_with_one_full_round(monkeypatch):
     target, draft = {"step": 1.0}, {"step": 0.25}
     # lookup, k = 15: 16 steps (16.0) against a verification of 16 positions (8.0)
     assert decode_speculative._best_case(target, 15, False, cache_len=64) == 2.0
-    # a draft adds 3 of its steps (0.75): 4.0 / (0.75 + 2.0)
-    assert abs(decode_speculative._best_case(target, 3, False, cache_len=64, draft=draft) - 4.0 / 2.75) < 1e-9
+    # a draft adds k + 1 = 4 of its steps (1.0): 4.0 / (1.0 + 2.0)
+    assert abs(decode_speculative._best_case(target, 3, False, cache_len=64, draft=draft) - 4.0 / 3.0) < 1e-9

@@ -217,8 +217,8 @@ def test_compile_is_announced_before_it_starts_and_not_when_the_step_is_built(ru
     # (stream=True: the generation itself is not run here).
     asked = []
     for built in (False, True):
-        monkeypatch.setattr(api, "verification_compiled_already",
-                            lambda m, length, tokens: asked.append(tokens) or built)
+        monkeypatch.setattr(api, "speculation_compiled_already",
+                            lambda m, length, tokens, draft: asked.append(tokens) or built)
         api._speculative(model, prompt, None, opts, True, None, True, None, 4)
         assert capsys.readouterr().err.count("compiling the decoding step") == (0 if built else 1)
     assert asked == [5, 5]  # 4 guesses and the token before them

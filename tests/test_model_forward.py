@@ -87,6 +87,10 @@ def test_logits_to_keep_returns_the_last_positions_logits_only():
         torch.testing.assert_close(model(ids, logits_to_keep=1), full[:, -1:], rtol=0, atol=1e-6)
         torch.testing.assert_close(model(ids, logits_to_keep=3), full[:, -3:], rtol=0, atol=1e-6)
         torch.testing.assert_close(model(ids, logits_to_keep=0), full, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, targets=ids, logits_to_keep=1)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, logits_to_keep=-1)
 
 
 def test_a_prompt_written_through_a_growing_view_fills_a_static_cache_alike():

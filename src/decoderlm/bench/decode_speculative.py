@@ -29,7 +29,7 @@ from decoderlm.generate.speculative import DEFAULT_DRAFT_TOKENS, speculative_cac
 
 TABLE = "speculative decoding (compiled, greedy, batch 1)"
 # Guesses per prompt-lookup round: a long copy keeps nearly all of them, and on a small model a
-# verification of 33 positions costs about twice one of 9 (docs/benchmarks.md), so long rounds pay.
+# verification's cost grows much more slowly than its positions (docs/benchmarks.md), so long rounds pay.
 LOOKUP = 32
 LOOKUP_ROW = f"prompt lookup {LOOKUP}, copy prompt"
 
@@ -130,16 +130,17 @@ def run(quick: bool) -> list[dict]:
 
 def _best_case(model, k: int, compiled: bool, *, cache_len: int, draft=None, calls: int = 50) -> float:
     """What a round could gain at most, from the calls' own costs (medians of `calls`): k + 1 plain
-    steps against one round that keeps all k guesses (k draft steps, when a draft model guesses, and
-    the verification of k + 1 positions). Prefill and bookkeeping are left out. On a small model
-    both a step and a draft's step are mostly fixed costs, which bounds the draft row below 1."""
+    steps against one round that keeps all k guesses (a draft model then steps k + 1 times: its k - 1
+    further guesses, and next round the last guess and the model's own token; and the verification
+    of k + 1 positions). Prefill and bookkeeping are left out. Where a draft's step costs nearly as
+    much as the model's (small models: mostly fixed costs), this stays below 1 whatever is kept."""
     def cost(runner, call) -> float:
         seconds = []
         for _ in range(calls):
             start = time.perf_counter()
             call()
             seconds.append(time.perf_counter() - start)
-            runner.filled = 8
+            runner.filled = prompt.shape[0]
         return median(seconds)
 
     prompt, round_tokens = torch.zeros(8, dtype=torch.long), torch.zeros(k + 1, dtype=torch.long)
@@ -155,7 +156,7 @@ def _best_case(model, k: int, compiled: bool, *, cache_len: int, draft=None, cal
             small = StaticCacheRunner(draft, cache_len, compiled)
             small.prefill(prompt)
             small.step(prompt[0])
-            guessing = k * cost(small, lambda: small.step(prompt[0]))
+            guessing = (k + 1) * cost(small, lambda: small.step(prompt[0]))
     return (k + 1) * step / (guessing + verify)
 
 
@@ -167,17 +168,19 @@ def _lookup(seq: torch.Tensor, k: int) -> torch.Tensor | None:
 def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> float:
     """The share of guesses the model keeps, replayed over plain greedy's output (1, n): from the
     prompt's end, guess k tokens, keep the prefix that matches, step past it and the model's own
-    token; where `propose` has no guess (None), one token without a round. What speculative
-    decoding gains is bounded by it (rounds skipped by the back-off aside)."""
-    seq, n, kept, rounds = plain[0], prompt_len, 0, 0
-    while n + k <= seq.shape[0]:
+    token; where `propose` has no guess (None), one token without a round. Near the end only the
+    guesses the text can check count. What speculative decoding gains is bounded by it (rounds
+    skipped by the back-off aside)."""
+    seq, n, kept, checked = plain[0], prompt_len, 0, 0
+    while n < seq.shape[0]:
         guesses = propose(seq[:n], k)
         if guesses is None:
             n += 1
             continue
-        match = int((guesses == seq[n:n + k]).long().cumprod(0).sum())
-        kept, rounds, n = kept + match, rounds + 1, n + match + 1
-    return kept / max(1, rounds * k)
+        known = seq[n:n + k]
+        match = int((guesses[:known.shape[0]] == known).long().cumprod(0).sum())
+        kept, checked, n = kept + match, checked + known.shape[0], n + match + 1
+    return kept / max(1, checked)
 
 
 def _same_in_fp32(model, prompt, n, **speculation) -> bool:

@@ -11,7 +11,7 @@ from decoderlm.errors import DecoderLMError
 from decoderlm.generate.beam import beam_search
 from decoderlm.generate.decoding import Sequences, as_prompt
 from decoderlm.generate.defaults import (announce_compile, choose_compile, compiled_already,
-                                         verification_compiled_already)
+                                         speculation_compiled_already)
 from decoderlm.generate.options import GenerationOptions, eos_tuple, require_decoding_memory
 from decoderlm.generate.sampling import StopFn, sample_steps
 from decoderlm.generate.speculative import (DEFAULT_DRAFT_TOKENS, check_speculative, speculative_cache_length,
@@ -120,7 +120,8 @@ def _speculative(model, prompt, mask, opts, stream, stop_fn, compile, draft_mode
     # A text that would outgrow the context is refused here, not when a stream is first read.
     cache_len = speculative_cache_length(model, prompt.shape[1], opts.max_new_tokens, prompt_lookup, draft_model)
     chosen = choose_compile(compile, model, opts.max_new_tokens, kind="speculative")
-    if chosen and not verification_compiled_already(model, cache_len, (prompt_lookup or DEFAULT_DRAFT_TOKENS) + 1):
+    guesses = prompt_lookup or DEFAULT_DRAFT_TOKENS
+    if chosen and not speculation_compiled_already(model, cache_len, guesses + 1, draft_model):
         announce_compile()
     compile = chosen
 

@@ -69,16 +69,23 @@ def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens:
     return packaged.ready(model, batch_size, cache_len)
 
 
-def verification_compiled_already(model, cache_len: int, tokens: int) -> bool:
-    """Whether speculative decoding's verification of `tokens` positions is compiled in this process
-    or built on disk."""
+def speculation_compiled_already(model, cache_len: int, tokens: int, draft_model=None) -> bool:
+    """Whether speculative decoding's calls are compiled in this process or built on disk: the
+    model's verification of `tokens` positions and its one-token step, and the draft's step.
+    (Compiled in process, a call counts whatever its shapes: torch.compile's own cache decides.)"""
     from decoderlm.generate import packaged
-    from decoderlm.generate.compiled import is_compiled
+    from decoderlm.generate.compiled import _decode_step, is_compiled
     from decoderlm.generate.model_calls import verify_logits
 
-    if is_compiled(model, verify_logits):
-        return True
-    return packaged.supported(model, False) and packaged.ready(model, 1, cache_len, "verify", tokens)
+    def built(m, kind: str, n: int) -> bool:
+        if is_compiled(m, verify_logits if kind == "verify" else _decode_step):
+            return True
+        return packaged.supported(m, False) and packaged.ready(m, 1, cache_len, kind, n)
+
+    calls = [(model, "verify", tokens), (model, "step", 1)]
+    if draft_model is not None:
+        calls.append((draft_model, "step", 1))
+    return all(built(*call) for call in calls)
 
 
 def announce_compile() -> None:

@@ -12,9 +12,10 @@ import torch
 from decoderlm.generate.model_calls import StaticCacheRunner
 
 
-# After the back-off's ordinary steps the draft has not seen those tokens; stepping through each
-# would cost most of a model's step per token (a small model's step is mostly fixed costs).
-CATCH_UP_AT_ONCE = 2
+# After a round the draft has 1 or 2 tokens to read, which its (compiled) step does faster than one
+# eager call; after the back-off's ordinary steps it has more, and stepping through each would cost
+# most of a model's step per token, so those go in one call.
+STEP_THROUGH_AT_MOST = 2
 
 
 class DraftModel:
@@ -28,8 +29,8 @@ class DraftModel:
 
     def propose(self, seq: torch.Tensor, k: int, choose) -> tuple[torch.Tensor, torch.Tensor | None]:
         """seq: (n,) the tokens so far. choose(logits (1, V)) -> (token (1,), probs (1, V) or None)."""
-        unseen = seq[self.runner.filled:]  # 1 or 2 tokens after a round, more after ordinary steps
-        if unseen.shape[0] > CATCH_UP_AT_ONCE:  # one call for all but the last, not a step each
+        unseen = seq[self.runner.filled:]  # never empty: keep() leaves at most n - 1 filled
+        if unseen.shape[0] > STEP_THROUGH_AT_MOST:  # one call for all but the last, not a step each
             self.runner.extend(unseen[:-1])
             unseen = unseen[-1:]
         for token in unseen:
@@ -52,11 +53,10 @@ class DraftModel:
 class PromptLookup:
     """Guesses by copying: find the latest earlier occurrence of the sequence's last `ngram` tokens
     and propose what followed it; no occurrence, no guess (the caller takes an ordinary step). A
-    verification costs several steps on a small model, and a match of one or two tokens (a comma,
-    a newline and a capital) is poor evidence that a copy follows: on the copy prompts and free text
-    measured in docs/benchmarks.md, three-token matches wasted the fewest verifications. Written here
-    because it is a few lines over a token tensor (transformers has it only inside its own generate
-    loop)."""
+    verification costs several steps on a small model, and a match of one or two tokens (a colon and
+    a line break) is weak evidence that a copy follows; docs/benchmarks.md compares the lengths.
+    Written here because it is a few lines over a token tensor (transformers has it only inside its
+    own generate loop)."""
 
     def __init__(self, ngram: int = 3):
         self.ngram = ngram

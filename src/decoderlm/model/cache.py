@@ -15,9 +15,10 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
                  static: bool = False):
-        """static=True: attention always sees all `max_len` slots (the mask hides the unwritten
-        ones), so every decoding step has the same shapes and one compiled graph serves them all;
-        `length` is then a tensor, not a Python int, so that it does not recompile the graph."""
+        """static=True: each decoding step's attention sees all `max_len` slots (the mask hides the
+        unwritten ones), so every step has the same shapes and one compiled graph serves them all;
+        `length` is then a tensor, not a Python int, so that it does not recompile the graph. (A
+        prompt is written through `growing_view`, attending over its own slots.)"""
         shape = (batch_size, n_kv_head, max_len, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
@@ -44,14 +45,14 @@ class KVCache:
         return cache
 
     def growing_view(self) -> "KVCache":
-        """This empty static cache's buffers as a growing cache, for writing a prompt from slot 0: its
+        """This empty cache's buffers as a growing cache, for writing a prompt from slot 0: its
         attention then spans only the prompt's own slots (causal, no mask) instead of every slot of
-        the buffers behind a mask, which on CPU costs several times more. Afterwards the static
-        cache's `advance(T)` records the T slots written."""
+        a static cache behind a mask, which is most of the work. Afterwards the static cache's
+        `advance(T)` records the T slots written."""
         if int(self.length) != 0:
             raise ValueError("growing_view starts at slot 0 of an empty cache")
         view = KVCache.__new__(KVCache)
-        view.k, view.v = self.k, self.v
+        view.k, view.v = list(self.k), list(self.v)  # the same tensors, written in place
         view.max_len, view.batch_size, view.device = self.max_len, self.batch_size, self.device
         view.static, view.length = False, 0
         return view

@@ -114,9 +114,11 @@ class DecoderLM(nn.Module):
         True = may attend. None: causal. decoderlm.generate.inputs builds the masks decoding needs.
         logits_to_keep: logits of the last this many positions only (0: all), as in transformers;
         decoding a prompt needs only the last position's, and the output layer is a large share of a
-        small model's work.
+        small model's work. Not with targets (the loss needs every position).
         """
         T = idx.shape[1]
+        if logits_to_keep < 0 or (logits_to_keep and targets is not None):
+            raise ValueError(f"logits_to_keep must be >= 0 and without targets, got {logits_to_keep}")
         start = cache.length if cache is not None else 0
         self._check_inputs(T, start, cache, attention_mask)
         if positions is None:
@@ -130,7 +132,7 @@ class DecoderLM(nn.Module):
             x = block(x, rope, attention_mask, cache)
         if cache is not None:
             cache.advance(T)
-        if logits_to_keep and targets is None:
+        if logits_to_keep:
             x = x[:, -logits_to_keep:]
         x = self.final_norm(x)
         if targets is None:
