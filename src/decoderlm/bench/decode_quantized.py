@@ -69,7 +69,9 @@ def speed_rows(quick: bool) -> list[dict]:
         # --quick compiles nothing (each compile takes tens of seconds): eager, proving only that it runs.
         runs = {name: (lambda m=m: generate(m, prompt, new_tokens, temperature=0, compile=not quick))
                 for name, m in models.items()}
-        seconds = alternate(runs, warmup=1, repeats=2 if quick else 3)  # the warm-up compiles
+        # The warm-up compiles. A shared 2-core machine's speed drifts within seconds (one repeat's
+        # int4 / bf16 ratio ranged 1.6-3.2 on the 6 x 512, docs/benchmarks.md): medians of 7.
+        seconds = alternate(runs, warmup=1, repeats=2 if quick else 7)
         base = new_tokens / median(seconds["bf16"])
         for name, model in models.items():
             rate = new_tokens / median(seconds[name])
