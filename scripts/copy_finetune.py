@@ -13,7 +13,8 @@ does not. Two phases teach it:
      "Again, word for word:", the passage again, then more text; three quarters natural.
 
 Natural text is the run's own prepared training data. The new directory (written after each phase)
-gets the source's recipe, tokenizer and the tuned weights. docs/benchmarks.md has the run and what it measured.
+gets the source's recipe, tokenizer and the tuned weights. docs/benchmarks.md has the run and what
+it measured.
 
     python scripts/copy_finetune.py runs/shakespeare runs/shakespeare-copy [--steps 1500 1500]
 """
@@ -128,6 +129,7 @@ def tune(lm, natural: list[int], steps_per_phase: list[int], out: Path) -> None:
             if step % 100 == 0 or step == steps:
                 print(f"phase {phase} step {step}: loss {loss.item():.3f} ({time.time() - started:.0f} s)", flush=True)
         lm.save(out)
+
 
 if __name__ == "__main__":
     sys.exit(main())

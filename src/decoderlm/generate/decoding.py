@@ -112,8 +112,6 @@ class Sequences:
         # A static cache is written through a growing view of it: the prompt attends over its own slots.
         cache = self.cache.growing_view() if self.cache.static else self.cache
         logits = last_logits(self.model, tokens, cache=cache, positions=positions, attention_mask=mask)
-        if cache is not self.cache:
-            self.cache.advance(T)
         self.filled = T
         if valid is not None:
             self.next_pos = valid.long().sum(-1, keepdim=True)  # left padding: real tokens count from 0

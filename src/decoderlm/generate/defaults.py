@@ -58,34 +58,34 @@ def require_compilable(model) -> None:
 
 def compiled_already(model, batch_size: int, prompt_len: int | None, new_tokens: int, padded: bool) -> bool:
     """Whether the plain step for this call is compiled in this process or built on disk."""
-    from decoderlm.generate import packaged
     from decoderlm.generate.compiled import is_compiled
 
-    if is_compiled(model):
-        return True
-    if prompt_len is None or not packaged.supported(model, padded):
-        return False
+    if prompt_len is None:
+        return is_compiled(model)
     cache_len = static_cache_length(model.config.max_seq_len, prompt_len + new_tokens)
-    return packaged.ready(model, batch_size, cache_len)
+    return _built(model, batch_size, cache_len, padded=padded)
 
 
 def speculation_compiled_already(model, cache_len: int, tokens: int, draft_model=None) -> bool:
     """Whether speculative decoding's calls are compiled in this process or built on disk: the
-    model's verification of `tokens` positions and its one-token step, and the draft's step.
-    (Compiled in process, a call counts whatever its shapes: torch.compile's own cache decides.)"""
+    model's verification of `tokens` positions and its one-token step, and the draft's step."""
+    calls = [(model, "verify", tokens), (model, "step", 1)]
+    if draft_model is not None:
+        calls.append((draft_model, "step", 1))
+    return all(_built(m, 1, cache_len, kind, n) for m, kind, n in calls)
+
+
+def _built(model, batch_size: int, cache_len: int, kind: str = "step", tokens: int = 1,
+           padded: bool = False) -> bool:
+    """One call compiled in this process (whatever its shapes: torch.compile's own cache decides)
+    or built ahead of time on disk (packaged.py)."""
     from decoderlm.generate import packaged
     from decoderlm.generate.compiled import _decode_step, is_compiled
     from decoderlm.generate.model_calls import verify_logits
 
-    def built(m, kind: str, n: int) -> bool:
-        if is_compiled(m, verify_logits if kind == "verify" else _decode_step):
-            return True
-        return packaged.supported(m, False) and packaged.ready(m, 1, cache_len, kind, n)
-
-    calls = [(model, "verify", tokens), (model, "step", 1)]
-    if draft_model is not None:
-        calls.append((draft_model, "step", 1))
-    return all(built(*call) for call in calls)
+    if is_compiled(model, verify_logits if kind == "verify" else _decode_step):
+        return True
+    return packaged.supported(model, padded) and packaged.ready(model, batch_size, cache_len, kind, tokens)
 
 
 def announce_compile() -> None:

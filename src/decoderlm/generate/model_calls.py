@@ -43,7 +43,6 @@ class StaticCacheRunner:
         a growing view of the cache, so that they attend over their own slots only)."""
         if tokens.shape[0]:
             self.model(tokens.view(1, -1), cache=self.cache.growing_view(), logits_to_keep=1)
-            self.cache.advance(tokens.shape[0])
 
     def extend(self, tokens: torch.Tensor) -> None:
         """(n,) tokens at positions filled.. in one eager call (their count varies), logits unused."""

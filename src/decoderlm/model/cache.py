@@ -47,15 +47,11 @@ class KVCache:
     def growing_view(self) -> "KVCache":
         """This empty cache's buffers as a growing cache, for writing a prompt from slot 0: its
         attention then spans only the prompt's own slots (causal, no mask) instead of every slot of
-        a static cache behind a mask, which is most of the work. Afterwards the static cache's
-        `advance(T)` records the T slots written."""
+        a static cache behind a mask, which is most of the work. What the view writes counts in
+        this cache too."""
         if int(self.length) != 0:
             raise ValueError("growing_view starts at slot 0 of an empty cache")
-        view = KVCache.__new__(KVCache)
-        view.k, view.v = list(self.k), list(self.v)  # the same tensors, written in place
-        view.max_len, view.batch_size, view.device = self.max_len, self.batch_size, self.device
-        view.static, view.length = False, 0
-        return view
+        return _GrowingView(self)
 
     def reset(self) -> None:
         """Forget every written slot (the buffers are overwritten from slot 0 on)."""
@@ -86,3 +82,17 @@ class KVCache:
         for layer in range(len(self.k)):
             self.k[layer] = self.k[layer].index_select(0, index)
             self.v[layer] = self.v[layer].index_select(0, index)
+
+
+class _GrowingView(KVCache):
+    """A growing cache over another cache's buffers (the same tensors, written in place) whose
+    advances move that cache's length too."""
+
+    def __init__(self, cache: KVCache):
+        self.k, self.v = list(cache.k), list(cache.v)
+        self.max_len, self.batch_size, self.device = cache.max_len, cache.batch_size, cache.device
+        self.static, self.length, self.cache = False, 0, cache
+
+    def advance(self, n: int) -> None:
+        super().advance(n)
+        self.cache.advance(n)
