@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -85,52 +86,72 @@ at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
 // nibble into a bf16 and vdpbf16ps multiplies 32 of them by x per instruction; the extra
 // 128 * sum(x over the group) this adds (and the -8) are taken off with the group's x sum.
 
-struct Int4Activations {  // one activation row, laid out for the kernel
-  std::vector<uint16_t> even, odd;  // bf16 bits of x's even and odd columns
-  std::vector<float> group_sums;    // x summed over each group of columns
+struct Int4Problem {  // one call: M activation rows against N x K weights, as the kernel reads them
+  int64_t M, K, N, group, groups, row_bytes;
+  const uint8_t* q;
+  const uint16_t* scales;  // bf16 bits, (N, groups)
+  const uint16_t* zeros;
+  const uint16_t* x_even;  // (M, K/2): bf16 bits of x's even columns
+  const uint16_t* x_odd;   // (M, K/2): and of its odd ones
+  const float* x_sums;     // (M, groups): x summed over each group of columns
+  c10::BFloat16* y;        // (M, N)
 };
 
+// bf16 bits -> float32, 16 at a time (a bf16 is the top half of a float32)
+__m512 bf16_bits_to_float(__mmask16 lanes, const uint16_t* bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, bits)), 16));
+}
+
+// Rows n .. n+R-1 of y. Inlined into the loop over blocks, so that nothing is recomputed per block:
+// at the 6x512's width a block is 1 KiB of weights, as quick to read as a few dozen instructions.
 template <int R>
-void int4_block(const std::vector<Int4Activations>& xs, int64_t K, int64_t group, const uint8_t* q,
-                const c10::BFloat16* scales, const c10::BFloat16* zeros, c10::BFloat16* y, int64_t N,
-                int64_t n) {
-  const int64_t groups = K / group, half = group / 2, row_bytes = K / 2;
+inline __attribute__((always_inline)) void int4_rows(const Int4Problem& p, int64_t n) {
   const __m512i low_nibble = _mm512_set1_epi16(15), bf16_128 = _mm512_set1_epi16(0x4300);
-  for (size_t m = 0; m < xs.size(); ++m) {
-    const uint16_t* x_even = xs[m].even.data();
-    const uint16_t* x_odd = xs[m].odd.data();
-    const float* x_sums = xs[m].group_sums.data();
-    __m512 total[R];
-    float offset[R];
-    for (int r = 0; r < R; ++r) total[r] = _mm512_setzero_ps(), offset[r] = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512 part[R];
-      for (int r = 0; r < R; ++r) part[r] = _mm512_setzero_ps();
-      for (int64_t j = g * half; j < (g + 1) * half; j += 32) {
-        if (m == 0) {
-          const char* next = reinterpret_cast<const char*>(q + (n + R) * row_bytes + R * j);
-          _mm_prefetch(next, _MM_HINT_T0);
-          _mm_prefetch(next + 64, _MM_HINT_T0);
-        }
-        const __m512bh even = (__m512bh)_mm512_loadu_si512(x_even + j);
-        const __m512bh odd = (__m512bh)_mm512_loadu_si512(x_odd + j);
-        for (int r = 0; r < R; ++r) {
-          const auto* bytes = reinterpret_cast<const __m256i*>(q + (n + r) * row_bytes + j);
-          const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(bytes));
-          const __m512i lo = _mm512_or_si512(_mm512_and_si512(b, low_nibble), bf16_128);
-          const __m512i hi = _mm512_or_si512(_mm512_srli_epi16(b, 4), bf16_128);
-          part[r] = _mm512_dpbf16_ps(part[r], even, (__m512bh)lo);
-          part[r] = _mm512_dpbf16_ps(part[r], odd, (__m512bh)hi);
-        }
-      }
+  const int64_t half = p.group / 2;
+  const uint8_t* rows = p.q + n * p.row_bytes;
+  for (int64_t m = 0; m < p.M; ++m) {
+    const uint16_t* x_even = p.x_even + m * (p.K / 2);
+    const uint16_t* x_odd = p.x_odd + m * (p.K / 2);
+    __m512 total[R], offset[R];
+    for (int r = 0; r < R; ++r) total[r] = offset[r] = _mm512_setzero_ps();
+    // The groups' scales and zero terms 16 groups at a time, in vector registers: converting them one
+    // by one and summing the zero terms in a scalar chain cost more than the multiply-adds.
+    for (int64_t g0 = 0; g0 < p.groups; g0 += 16) {
+      const int64_t count = std::min<int64_t>(16, p.groups - g0);
+      const __mmask16 lanes = __mmask16((1u << count) - 1);
+      const __m512 x_sums = _mm512_maskz_loadu_ps(lanes, p.x_sums + m * p.groups + g0);
+      alignas(64) float scale[R][16];
       for (int r = 0; r < R; ++r) {
-        const float s = bf16_to_float(scales[(n + r) * groups + g]);
-        const float z = bf16_to_float(zeros[(n + r) * groups + g]);
-        total[r] = _mm512_fmadd_ps(_mm512_set1_ps(s), part[r], total[r]);
-        offset[r] += (z - (128 + 8) * s) * x_sums[g];
+        const int64_t at = (n + r) * p.groups + g0;
+        const __m512 s = bf16_bits_to_float(lanes, p.scales + at), z = bf16_bits_to_float(lanes, p.zeros + at);
+        // what the 0x4300 trick adds (128 per weight) and the -8, with the zero, times sum(x)
+        offset[r] = _mm512_fmadd_ps(_mm512_fnmadd_ps(_mm512_set1_ps(128 + 8), s, z), x_sums, offset[r]);
+        _mm512_store_ps(scale[r], s);
+      }
+      for (int64_t g = g0; g < g0 + count; ++g) {
+        __m512 part[R];
+        for (int r = 0; r < R; ++r) part[r] = _mm512_setzero_ps();
+        for (int64_t j = g * half; j < (g + 1) * half; j += 32) {
+          if (m == 0) {
+            const char* next = reinterpret_cast<const char*>(rows + R * p.row_bytes + R * j);
+            _mm_prefetch(next, _MM_HINT_T0);
+            _mm_prefetch(next + 64, _MM_HINT_T0);
+          }
+          const __m512bh even = (__m512bh)_mm512_loadu_si512(x_even + j);
+          const __m512bh odd = (__m512bh)_mm512_loadu_si512(x_odd + j);
+          for (int r = 0; r < R; ++r) {
+            const auto* bytes = reinterpret_cast<const __m256i*>(rows + r * p.row_bytes + j);
+            const __m512i b = _mm512_cvtepu8_epi16(_mm256_loadu_si256(bytes));
+            const __m512i lo = _mm512_ternarylogic_epi32(b, low_nibble, bf16_128, 0xEA);  // (b & 15) | 0x4300
+            const __m512i hi = _mm512_or_si512(_mm512_srli_epi16(b, 4), bf16_128);
+            part[r] = _mm512_dpbf16_ps(part[r], even, (__m512bh)lo);
+            part[r] = _mm512_dpbf16_ps(part[r], odd, (__m512bh)hi);
+          }
+        }
+        for (int r = 0; r < R; ++r) total[r] = _mm512_fmadd_ps(_mm512_set1_ps(scale[r][g - g0]), part[r], total[r]);
       }
     }
-    for (int r = 0; r < R; ++r) y[m * N + n + r] = _mm512_reduce_add_ps(total[r]) + offset[r];
+    for (int r = 0; r < R; ++r) p.y[m * p.N + n + r] = _mm512_reduce_add_ps(_mm512_add_ps(total[r], offset[r]));
   }
 }
 
@@ -141,30 +162,33 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
               "int4_matvec: the group size must be a multiple of 64 that divides in_features");
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
               "int4_matvec: contiguous inputs");
+  const int64_t groups = K / group_size;
+  // The activations laid out for the kernel, in buffers this thread keeps for its later calls.
+  thread_local std::vector<uint16_t> words;
+  thread_local std::vector<float> sums;
+  words.resize(M * K);
+  sums.assign(M * groups, 0.f);
+  uint16_t* x_even = words.data();
+  uint16_t* x_odd = words.data() + M * K / 2;
   const auto* xb = x.const_data_ptr<c10::BFloat16>();
-  std::vector<Int4Activations> xs(M);
   for (int64_t m = 0; m < M; ++m) {  // 32 columns at a time: 16 (even, odd) pairs of bf16 bits
-    Int4Activations& a = xs[m];
-    a.even.resize(K / 2), a.odd.resize(K / 2), a.group_sums.assign(K / group_size, 0.f);
     for (int64_t k = 0; k < K; k += 32) {
       const __m512i pairs = _mm512_loadu_si512(xb + m * K + k);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.even.data() + k / 2), _mm512_cvtepi32_epi16(pairs));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.odd.data() + k / 2),
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x_even + (m * K + k) / 2), _mm512_cvtepi32_epi16(pairs));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x_odd + (m * K + k) / 2),
                           _mm512_cvtepi32_epi16(_mm512_srli_epi32(pairs, 16)));
-      // a bf16 is the top half of a float32: the even one shifted up, the odd one with the even cleared
+      // the even bf16 shifted up to a float32, the odd one with the even cleared
       const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));
       const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(pairs, _mm512_set1_epi32(int32_t(0xFFFF0000))));
-      a.group_sums[k / group_size] += _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
+      sums[m * groups + k / group_size] += _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
     }
   }
   at::Tensor y = at::empty({M, N}, x.options());
-  const auto* qp = q.const_data_ptr<uint8_t>();
-  const auto* sp = scales.const_data_ptr<c10::BFloat16>();
-  const auto* zp = zeros.const_data_ptr<c10::BFloat16>();
-  auto* yp = y.mutable_data_ptr<c10::BFloat16>();
-  over_output_rows(
-      N, [&](int64_t n) { int4_block<kBlock>(xs, K, group_size, qp, sp, zp, yp, N, n); },
-      [&](int64_t n) { int4_block<1>(xs, K, group_size, qp, sp, zp, yp, N, n); });
+  const Int4Problem p{M, K, N, group_size, groups, K / 2, q.const_data_ptr<uint8_t>(),
+                      reinterpret_cast<const uint16_t*>(scales.const_data_ptr<c10::BFloat16>()),
+                      reinterpret_cast<const uint16_t*>(zeros.const_data_ptr<c10::BFloat16>()),
+                      x_even, x_odd, sums.data(), y.mutable_data_ptr<c10::BFloat16>()};
+  over_output_rows(N, [&](int64_t n) { int4_rows<kBlock>(p, n); }, [&](int64_t n) { int4_rows<1>(p, n); });
   return y;
 }
 
