@@ -9,18 +9,20 @@ from decoderlm.bench import decode_speculative
 def test_kept_share_counts_the_matching_prefix_of_each_round():
     text = torch.arange(20).view(1, -1)
     right = lambda seq, k: text[0, seq.shape[0]:seq.shape[0] + k]  # noqa: E731
-    assert decode_speculative._kept_share(text, 4, 3, right) == 1.0
+    # 16 new tokens in rounds at 4, 8, 12 and 16, each 3 guesses kept and the model's own token
+    assert decode_speculative._kept_share(text, 4, 3, right) == (1.0, 4.0)
     wrong = lambda seq, k: torch.full((k,), -1)  # noqa: E731
-    assert decode_speculative._kept_share(text, 4, 3, wrong) == 0.0
+    assert decode_speculative._kept_share(text, 4, 3, wrong) == (0.0, 1.0)
     # first guess right, second wrong: rounds keep 1 of 2 and advance by 2
     half = lambda seq, k: torch.stack([text[0, seq.shape[0]], torch.tensor(-1)])  # noqa: E731
-    assert decode_speculative._kept_share(text, 4, 2, half) == 0.5
-    # no guess (None): a token without a round; here every other position, all guesses right
+    assert decode_speculative._kept_share(text, 4, 2, half) == (0.5, 2.0)
+    # no guess (None): a token without a round; here every other position, all guesses right:
+    # calls at 4 (no guess, +1), 5, 9, 13 and 17 (+4 each, the last past the end): 16 tokens in 5 calls
     sometimes = lambda seq, k: right(seq, k) if seq.shape[0] % 2 else None  # noqa: E731
-    assert decode_speculative._kept_share(text, 4, 3, sometimes) == 1.0
+    assert decode_speculative._kept_share(text, 4, 3, sometimes) == (1.0, 16 / 5)
     # up to the end: a last round with one token left checks one guess (4 of 5 kept here)
     late_miss = lambda seq, k: right(seq, k) if seq.shape[0] < 8 else wrong(seq, k)  # noqa: E731
-    assert decode_speculative._kept_share(text[:, :10], 4, 4, late_miss) == 0.8
+    assert decode_speculative._kept_share(text[:, :10], 4, 4, late_miss) == (0.8, 3.0)
 
 
 def test_quick_run_reports_both_rows(monkeypatch):
@@ -30,6 +32,7 @@ def test_quick_run_reports_both_rows(monkeypatch):
     for row in rows:
         assert row["models"] == "random weights (timing only)"
         assert 0.0 <= row["guesses kept"] <= 1.0 and row["speed-up"] > 0
+        assert 1.0 <= row["new tokens per model call"] <= 1 + (4 if row["contender"] == "draft model" else 32)
         assert row["speed-up if every guess were kept"] > 0
         assert row["same ids as plain greedy (fp32)"] is True
     # a random model's greedy text soon repeats itself, which lookup guesses

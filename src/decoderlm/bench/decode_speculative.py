@@ -120,7 +120,8 @@ def run(quick: bool) -> list[dict]:
         models = copier_origin if name != "draft model" and copier_origin else origin
         rows.append({"suite": "generate", "table": TABLE, "models": models, "contender": name,
                      "draft size / model size": draft_share if name == "draft model" else "",
-                     "guesses kept": kept[name], "new tokens": counts[name], "new tok/s": rate[name],
+                     "guesses kept": kept[name][0], "new tokens per model call": kept[name][1],
+                     "new tokens": counts[name], "new tok/s": rate[name],
                      "plain tok/s": rate[base], "speed-up": rate[name] / rate[base],
                      "speed-up if every guess were kept": best[name],
                      "same ids as plain greedy (bf16)": bool(torch.equal(outputs[name], outputs[base])),
@@ -165,22 +166,24 @@ def _lookup(seq: torch.Tensor, k: int) -> torch.Tensor | None:
     return None if proposal is None else proposal[0]
 
 
-def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> float:
-    """The share of guesses the model keeps, replayed over plain greedy's output (1, n): from the
-    prompt's end, guess k tokens, keep the prefix that matches, step past it and the model's own
-    token; where `propose` has no guess (None), one token without a round. Near the end only the
-    guesses the text can check count. What speculative decoding gains is bounded by it (rounds
-    skipped by the back-off aside)."""
-    seq, n, kept, checked = plain[0], prompt_len, 0, 0
+def _kept_share(plain: torch.Tensor, prompt_len: int, k: int, propose) -> tuple[float, float]:
+    """(The share of guesses the model keeps, new tokens per call of the model), replayed over plain
+    greedy's output (1, n): from the prompt's end, guess k tokens, keep the prefix that matches, step
+    past it and the model's own token; where `propose` has no guess (None), one token without a
+    round. Near the end only the guesses the text can check count. The second number is what
+    speculation could gain if guessing were free and a round cost no more than a plain step: no
+    speed-up beyond it, whatever the kernels."""
+    seq, n, kept, checked, calls = plain[0], prompt_len, 0, 0, 0
     while n < seq.shape[0]:
         guesses = propose(seq[:n], k)
+        calls += 1
         if guesses is None:
             n += 1
             continue
         known = seq[n:n + k]
         match = int((guesses[:known.shape[0]] == known).long().cumprod(0).sum())
         kept, checked, n = kept + match, checked + known.shape[0], n + match + 1
-    return kept / max(1, checked)
+    return kept / max(1, checked), (seq.shape[0] - prompt_len) / max(1, calls)
 
 
 def _same_in_fp32(model, prompt, n, **speculation) -> bool:
