@@ -51,6 +51,19 @@ def test_same_products_as_torchs_kernels(shape, rows, monkeypatch):
 
 
 @needs_kernels
+@pytest.mark.parametrize("group_size", [128, 256])
+def test_int4_products_with_larger_groups(group_size):
+    """Groups of 128 and 256 (one group spans several of the kernel's 64-column steps), and more
+    than 16 groups in a row (the kernel converts the groups' scales 16 at a time)."""
+    _, layer = layers(4608, 40, bias=False, group_size=group_size)  # 36 and 18 groups
+    x = torch.randn(3, 4608, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(group_size))
+    ours, reference = layer(x).float(), torch_kernel(layer, x).float()
+    exact = x.float() @ layer.dequantized().T
+    assert (ours - reference).abs().max() <= 2 ** -7 * reference.abs().max()
+    assert (ours - exact).abs().max() <= 2 ** -7 * exact.abs().max()
+
+
+@needs_kernels
 def test_torchs_kernels_keep_what_ours_are_not_built_for(monkeypatch):
     """More rows than MAX_ROWS (a prefill), float32 activations, and int4 groups of 32."""
     monkeypatch.setattr(torch.ops.decoderlm, "int8_matvec", lambda *a: pytest.fail("not ours"))
