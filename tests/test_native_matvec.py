@@ -51,6 +51,23 @@ def test_same_products_as_torchs_kernels(shape, rows, monkeypatch):
 
 
 @needs_kernels
+def test_fewer_rows_than_a_block_and_bad_shapes_are_refused():
+    """3 output rows (all in the kernel's last, short block); a wrong group size or scales of the wrong
+    shape raise instead of reading out of bounds or dividing by zero."""
+    x = torch.randn(2, 512, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    for layer in layers(512, 3, bias=False):
+        ours, reference = layer(x).float(), torch_kernel(layer, x).float()
+        assert (ours - reference).abs().max() <= 2 ** -7 * reference.abs().max()
+    int8, int4 = layers(512, 8, bias=False)
+    with pytest.raises(RuntimeError, match="group size"):
+        torch.ops.decoderlm.int4_matvec(x, int4.qweight, int4.scales, int4.zeros, 0)
+    with pytest.raises(RuntimeError, match="scales and zeros"):
+        torch.ops.decoderlm.int4_matvec(x, int4.qweight, int4.scales[:4], int4.zeros[:4], 64)
+    with pytest.raises(RuntimeError, match="one scale per output row"):
+        torch.ops.decoderlm.int8_matvec(x, int8.qweight, int8.scales[:4])
+
+
+@needs_kernels
 @pytest.mark.parametrize("group_size", [128, 256])
 def test_int4_products_with_larger_groups(group_size):
     """Groups of 128 and 256 (one group spans several of the kernel's 64-column steps), and more

@@ -1,13 +1,13 @@
 // Int8 and int4 weight-only matrix-vector products for decoding on CPU (a few rows of activations
 // against a whole weight matrix), hand-written because torch's kernels for these formats
 // (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) run far below the memory bandwidth at batch 1
-// (docs/generation.md). Needs AVX-512 with BF16; quantized_matvec.py builds this file only where
+// (docs/generation.md). Needs AVX-512 with BF16; native.py builds this file only where
 // the CPU has both, and uses torch's kernels elsewhere.
 //
 // Both kernels walk the weights once, in the order they lie in memory, a block of 4 output rows
 // at a time (4 independent sums hide the latency of each multiply-add), and ask for the next block
 // ahead of time (_mm_prefetch): without that the stream of weights stalls at a fraction of the
-// bandwidth. The op schemas are declared in Python (quantized_matvec.py); this file implements them.
+// bandwidth. The op schemas are declared in Python (native.py); this file implements them.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -66,6 +66,7 @@ void int8_block(const float* x, int64_t M, int64_t K, const int8_t* q, const c10
 at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
   TORCH_CHECK(K % 16 == 0 && q.size(1) == K, "int8_matvec: in_features must match and be a multiple of 16");
+  TORCH_CHECK(scales.dim() == 1 && scales.size(0) == N, "int8_matvec: one scale per output row");
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(), "int8_matvec: contiguous inputs");
   std::vector<float> xf(M * K);
   const auto* xb = x.const_data_ptr<c10::BFloat16>();
@@ -102,8 +103,8 @@ __m512 bf16_bits_to_float(__mmask16 lanes, const uint16_t* bits) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, bits)), 16));
 }
 
-// Rows n .. n+R-1 of y. Inlined into the loop over blocks, so that nothing is recomputed per block:
-// at the 6x512's width a block is 1 KiB of weights, as quick to read as a few dozen instructions.
+// Rows n .. n+R-1 of y, one specialised copy per R. Everything a block needs comes ready in `p`,
+// computed once per call: a block is small (4 rows), so work repeated per block adds up.
 template <int R>
 inline __attribute__((always_inline)) void int4_rows(const Int4Problem& p, int64_t n) {
   const __m512i low_nibble = _mm512_set1_epi16(15), bf16_128 = _mm512_set1_epi16(0x4300);
@@ -158,12 +159,15 @@ inline __attribute__((always_inline)) void int4_rows(const Int4Problem& p, int64
 at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zeros,
                        int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  TORCH_CHECK(group_size % 64 == 0 && K % group_size == 0 && q.size(1) * 2 == K,
+  TORCH_CHECK(group_size > 0 && group_size % 64 == 0 && K % group_size == 0 && q.size(1) * 2 == K,
               "int4_matvec: the group size must be a multiple of 64 that divides in_features");
+  const int64_t groups = K / group_size;
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == groups && zeros.sizes() == scales.sizes(),
+              "int4_matvec: scales and zeros must be (out_features, in_features / group_size)");
   TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
               "int4_matvec: contiguous inputs");
-  const int64_t groups = K / group_size;
-  // The activations laid out for the kernel, in buffers this thread keeps for its later calls.
+  // The activations laid out for the kernel, in buffers this thread keeps for its later calls; the
+  // threads of parallel_for reach them only through `p` (by name they would see their own, empty).
   thread_local std::vector<uint16_t> words;
   thread_local std::vector<float> sums;
   words.resize(M * K);
