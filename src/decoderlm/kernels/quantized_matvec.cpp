@@ -104,11 +104,12 @@ __m512 bf16_bits_to_float(__mmask16 lanes, const uint16_t* bits) {
 }
 
 // Rows n .. n+R-1 of y, one specialised copy per R. Everything a block needs comes ready in `p`,
-// computed once per call: a block is small (4 rows), so work repeated per block adds up.
-template <int R>
+// computed once per call: a block is small (4 rows), so work repeated per block adds up. HALF: a
+// group's bytes in a row when fixed at compile time (32 for groups of 64), else 0 (from p.group).
+template <int R, int HALF>
 inline __attribute__((always_inline)) void int4_rows(const Int4Problem& p, int64_t n) {
   const __m512i low_nibble = _mm512_set1_epi16(15), bf16_128 = _mm512_set1_epi16(0x4300);
-  const int64_t half = p.group / 2;
+  const int64_t half = HALF ? HALF : p.group / 2;
   const uint8_t* rows = p.q + n * p.row_bytes;
   for (int64_t m = 0; m < p.M; ++m) {
     const uint16_t* x_even = p.x_even + m * (p.K / 2);
@@ -192,7 +193,13 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
                       reinterpret_cast<const uint16_t*>(scales.const_data_ptr<c10::BFloat16>()),
                       reinterpret_cast<const uint16_t*>(zeros.const_data_ptr<c10::BFloat16>()),
                       x_even, x_odd, sums.data(), y.mutable_data_ptr<c10::BFloat16>()};
-  over_output_rows(N, [&](int64_t n) { int4_rows<kBlock>(p, n); }, [&](int64_t n) { int4_rows<1>(p, n); });
+  // Groups of 64 (the default) get a copy of their own: with the group's width known, the loop over
+  // a group's bytes runs once and the compiler removes it.
+  if (group_size == 64) {
+    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 32>(p, n); }, [&](int64_t n) { int4_rows<1, 32>(p, n); });
+  } else {
+    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 0>(p, n); }, [&](int64_t n) { int4_rows<1, 0>(p, n); });
+  }
   return y;
 }
 
