@@ -121,14 +121,13 @@ def speculative_tokens(model, prompt: torch.Tensor, opts: GenerationOptions, *, 
         done = bool(ends.numel())
         if done:  # up to the first end-of-sequence token
             new = new[:int(ends[0]) + 1]
-        if stop_fn is not None:  # it judges the text after every token
+        seq[n:n + new.shape[0]] = new
+        if stop_fn is not None:  # it judges the text after every token (the view ends there)
             for i in range(new.shape[0]):
-                seq[n + i] = new[i]
                 view.length = n + i + 1
                 if _stopped(stop_fn(view)):
                     new, done = new[:i + 1], True
                     break
-        seq[n:n + new.shape[0]] = new
         n += new.shape[0]
         yield new.clone()
         if done:
