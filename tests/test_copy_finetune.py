@@ -9,7 +9,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import copy_finetune  # noqa: E402
 
-from test_train_support import run_cli  # noqa: E402
+from test_train_support import tiny_run  # noqa: E402
 
 
 class Letters:
@@ -32,14 +32,7 @@ def test_rows_count_the_second_copy_of_random_passages():
 
 
 def test_end_to_end_on_a_tiny_run(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat and the dog sat on the log.\n" * 60)
-    code, _, _ = run_cli(["train", "--data", corpus, "--tokenizer", "char", "--out", tmp_path / "run",
-                          "--no-progress", "--no-samples", "--set", "model.max_seq_len=64", "model.d_model=32",
-                          "model.n_layer=1", "model.n_head=2", "model.position=rope", "train.max_steps=1",
-                          "train.batch_size=2", "train.time_budget=none", "train.compile=false",
-                          "train.dtype=float32", "data.vocab_size=40"])
-    assert code == 0
+    tiny_run(tmp_path)
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
     assert copy_finetune.main([str(tmp_path / "run"), str(tmp_path / "copy"), "--steps", "2", "2"]) == 0
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before

@@ -7,18 +7,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import draft_text  # noqa: E402
 
-from test_train_support import run_cli  # noqa: E402
+from test_train_support import tiny_run  # noqa: E402
 
 
 def test_writes_the_models_text_reproducibly_and_refuses_bad_input(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("the cat sat on the mat and the dog sat on the log.\n" * 60)
-    code, _, _ = run_cli(["train", "--data", corpus, "--tokenizer", "char", "--out", tmp_path / "run",
-                          "--no-progress", "--no-samples", "--set", "model.max_seq_len=64", "model.d_model=32",
-                          "model.n_layer=1", "model.n_head=2", "model.position=rope", "train.max_steps=1",
-                          "train.batch_size=2", "train.time_budget=none", "train.compile=false",
-                          "train.dtype=float32", "data.vocab_size=40"])
-    assert code == 0
+    tiny_run(tmp_path)
     small = ["--batches", "2", "--rows", "3", "--tokens", "40", "--no-compile"]
     assert draft_text.main([str(tmp_path / "run"), str(tmp_path / "text"), *small]) == 0
     files = sorted((tmp_path / "text").iterdir())

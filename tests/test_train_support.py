@@ -67,6 +67,20 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def tiny_run(tmp_path: Path) -> Path:
+    """A one-step float32 run (1 x 32, rope, character tokenizer) in tmp_path/run, for scripts that
+    start from a trained run."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat and the dog sat on the log.\n" * 60)
+    code, _, _ = run_cli(["train", "--data", corpus, "--tokenizer", "char", "--out", tmp_path / "run",
+                          "--no-progress", "--no-samples", "--set", "model.max_seq_len=64", "model.d_model=32",
+                          "model.n_layer=1", "model.n_head=2", "model.position=rope", "train.max_steps=1",
+                          "train.batch_size=2", "train.time_budget=none", "train.compile=false",
+                          "train.dtype=float32", "data.vocab_size=40"])
+    assert code == 0
+    return tmp_path / "run"
+
+
 def run_subprocess(args: list[str], env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", "decoderlm", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
