@@ -36,18 +36,17 @@ def model_text(model, tokenizer, batch: int, rows: int, tokens: int, compile: bo
     vocab = model.config.vocab_size  # may exceed the tokenizer's: the start tokens are dropped anyway
     # Start tokens from seeds 1000 on: the bench's prompt starts from seed 1, so its text is not here.
     start = torch.randint(0, vocab, (rows, START_TOKENS), generator=torch.Generator().manual_seed(1000 + batch))
-    if batch % 2 == 0:
-        ids = generate(model, start, min(SAMPLED, tokens), temperature=0.8, seed=batch, compile=compile)
-        ids = generate(model, ids, tokens - min(SAMPLED, tokens), temperature=0, compile=compile)
-    else:
-        ids = generate(model, start, tokens, temperature=0.8, seed=batch, compile=compile)
+    sampled = min(SAMPLED, tokens) if batch % 2 == 0 else tokens  # odd batches: samples only
+    ids = generate(model, start, sampled, temperature=0.8, seed=batch, compile=compile)
+    if sampled < tokens:
+        ids = generate(model, ids, tokens - sampled, temperature=0, compile=compile)
     return [tokenizer.decode(row.tolist()) for row in ids[:, START_TOKENS:]]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="the trained model whose text to write (a run or HF directory)")
-    parser.add_argument("out", type=Path, help="the new directory of .txt files (must not exist)")
+    parser.add_argument("out", type=Path, help="the new directory of .txt files (new or empty)")
     parser.add_argument("--batches", type=int, default=60, help="files to write (default 60)")
     parser.add_argument("--rows", type=int, default=32, help="texts per file, generated together (default 32)")
     parser.add_argument("--tokens", type=int, default=248, help="tokens per text (default 248)")
@@ -57,8 +56,7 @@ def main(argv=None) -> int:
     try:
         if min(args.batches, args.rows, args.tokens) < 1:
             raise DecoderLMError("--batches, --rows and --tokens must be at least 1")
-        if args.out.exists() or args.out.is_symlink():
-            raise DecoderLMError(f"{args.out} exists; choose a new directory")
+        fileio.refuse_nonempty(args.out)
         # Compiled decoding runs in bf16 (its speed); eager decoding keeps float32's exact arithmetic.
         lm = decoderlm.load(args.run, dtype="bfloat16" if args.compile else "float32")
         if lm.tokenizer is None:

@@ -249,14 +249,21 @@ def _fsync_tree(directory: Path) -> None:
         fsync_dir(Path(root))
 
 
+def refuse_nonempty(target: Path, label: str = "") -> None:
+    """The one-line refusal of a target that new_directory would refuse, for commands to say before
+    any work (new_directory checks again when it writes). label: how the user named it ("--out ")."""
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
+        raise DecoderLMError(f"{label}{target} already exists and is not an empty directory; choose a new one")
+
+
 @contextlib.contextmanager
 def new_directory(target: Path):
     """Build `target`, a directory that must not exist yet (or be empty), in a staged directory
     beside it (yielded): renamed into place when the block ends, removed if the block fails, so
     `target` appears whole or not at all. A non-empty `target` is refused, never replaced."""
     target = Path(target)
-    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
-        raise DecoderLMError(f"{target} already exists and is not an empty directory; choose a new one")
+    refuse_nonempty(target)
     staged = stage_dir(target)
     try:
         yield staged

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from decoderlm.errors import DecoderLMError
+from decoderlm import fileio
 
 
 def register(sub):
@@ -33,8 +33,7 @@ def quantize_command(args) -> int:
 
     spec = QuantSpec(args.bits, args.group_size, 16 if args.float_head else args.head_bits).validated()
     source, out = Path(args.model), Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
+    fileio.refuse_nonempty(out, "--out ")
     # Scales are computed from the float32 weights (a LoRA run's with its adapters merged in).
     lm = decoderlm.load(source, dtype="float32", merge=True)
     before = linear_weight_bytes(lm.model, torch.bfloat16)

@@ -16,12 +16,6 @@ from decoderlm.lora.run_files import LORA_FILE, BaseReference, is_lora_run, save
 from decoderlm.lora.sources import has_adapters, is_peft_dir
 
 
-def refuse_output(out: Path) -> None:
-    """The one-line refusal of an output that exists (new_directory checks again when it writes)."""
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise DecoderLMError(f"--out {out} already exists and is not an empty directory; choose a new one")
-
-
 def require_adapters(source: str | Path) -> None:
     """One line for a directory without adapters, said before a plain model is loaded."""
     if not has_adapters(source):
@@ -43,7 +37,7 @@ def merge_adapters(source: str | Path, out_dir: str | Path, *, dtype=None):
     new or empty. Returns the merged LanguageModel."""
     out = Path(out_dir)
     require_adapters(source)
-    refuse_output(out)
+    fileio.refuse_nonempty(out, "--out ")
     lm = load_adapted(source, merge=True, dtype=dtype)
     from decoderlm.config import Recipe
 
@@ -63,7 +57,7 @@ def import_peft_run(peft_dir: str | Path, out_dir: str | Path, *, base: str | Pa
     if not source.is_dir() or is_lora_run(source) or not is_peft_dir(source):
         raise DecoderLMError(f"{peft_dir} is not a PEFT adapter directory (it has no {PEFT_CONFIG_FILE}, or it "
                              f"is a full checkpoint with a config.json)")
-    refuse_output(out)
+    fileio.refuse_nonempty(out, "--out ")
     lm = load_adapted(peft_dir, merge=False, base=base)
     with fileio.new_directory(out) as staged:
         save_lora_run(staged, lm.model, BaseReference.of(lm.adapters.base))
