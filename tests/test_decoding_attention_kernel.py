@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from decoderlm.kernels import native
 from decoderlm.kernels.decoding_attention import single_query_attention
 
-needs_kernels = pytest.mark.skipif(not native.ensure(), reason="needs a CPU with AVX-512 BF16 and a C++ compiler")
+needs_kernels = pytest.mark.skipif(not native.ensure() or native.loaded_build() != "avx512_bf16",
+                                   reason="needs a CPU with AVX-512 BF16 and a C++ compiler")
 
 
 def reference(q, k, v, mask):

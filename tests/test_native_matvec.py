@@ -1,17 +1,19 @@
-"""decoderlm's int8/int4 matrix-vector kernels (kernels/quantized_matvec.cpp): the same products as
-torch's kernels on the same saved weights, taken only for the calls they are built for, built once
-and atomically, and a failed build leaves torch's kernels in charge."""
+"""decoderlm's int8/int4 matrix-vector kernels (kernels/quantized_matvec.cpp, or
+quantized_matvec_avx2.cpp on a CPU without AVX-512 BF16): the same products as torch's kernels on
+the same saved weights, taken only for the calls they are built for, built once and atomically,
+and a failed build leaves torch's kernels in charge."""
 
 import warnings
 
 import pytest
 import torch
 
+from decoderlm.compile_support import can_compile
 from decoderlm.kernels import native
 from decoderlm.quantize.linear import Int4Linear, Int8Linear
 
 needs_kernels = pytest.mark.skipif(not native.ensure(),
-                                   reason="needs a CPU with AVX-512 BF16 and a C++ compiler")
+                                   reason="needs a CPU with AVX2 or AVX-512 BF16 and a C++ compiler")
 
 
 def layers(in_features: int, out_features: int, bias: bool, group_size: int = 64):
@@ -100,7 +102,7 @@ def test_a_failed_build_warns_once_and_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails
     monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(native, "_supported", lambda: True)
+    monkeypatch.setattr(native, "_kind", lambda: "avx2")
     with pytest.warns(UserWarning, match="could not be built"):
         assert not native.ensure()
     assert not native.ensure()  # decided once per process
@@ -121,7 +123,7 @@ def test_eager_decoding_loads_a_built_library_but_never_builds_one(tmp_path, mon
     """A plain generate must not wait ten seconds for a compiler; the compiled paths build (ensure())."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setattr(native, "_supported", lambda: True)
+    monkeypatch.setattr(native, "_kind", lambda: "avx2")
     built = []
     monkeypatch.setattr(native, "_build", lambda path: built.append(path) or (_ for _ in ()).throw(OSError("no")))
     one_row = torch.randn(1, 64, dtype=torch.bfloat16)
@@ -132,3 +134,53 @@ def test_eager_decoding_loads_a_built_library_but_never_builds_one(tmp_path, mon
     with pytest.warns(UserWarning, match="could not be built"):
         assert not native.ensure()  # a compiled path: builds (here: fails, torch's kernels stay)
     assert len(built) == 1
+
+
+AVX2_CHECK = r"""
+import torch
+from decoderlm.compile_support import can_compile
+from decoderlm.kernels import native
+from decoderlm.quantize.linear import Int4Linear, Int8Linear
+
+assert native.ensure() and native.loaded_build() == "avx2", native.loaded_build()
+q = torch.randn(1, 64, 4, 32, dtype=torch.bfloat16)
+assert not native.attention_usable(q, q, q, None)  # the AVX2 build has no attention kernel
+gen = torch.Generator().manual_seed(0)
+for in_f, out_f, rows, group in [(512, 1030, 1, 64), (1408, 512, 8, 64), (4608, 40, 3, 128), (512, 3, 2, 256)]:
+    linear = torch.nn.Linear(in_f, out_f, bias=False)
+    x = torch.randn(rows, in_f, generator=gen).to(torch.bfloat16)
+    x[:, 5] = 30.0  # an outlier column sets the row's fixed-point scale: the other values keep less
+    for layer in (Int8Linear.from_linear(linear).to(torch.bfloat16),
+                  Int4Linear.from_linear(linear, group).to(torch.bfloat16)):
+        exact = x.float() @ layer.dequantized().T
+        ours = layer(x).float()
+        assert (ours - exact).abs().max() <= 2 ** -7 * exact.abs().max(), (in_f, out_f, type(layer))
+# the int32 sums' worst case: every weight 127 times every activation at the row's largest value,
+# over 4,608 columns (more than one int32 sum could hold without moving to float on the way)
+layer = Int8Linear(4608, 16, dtype=torch.bfloat16)
+layer.qweight.fill_(127)
+x = torch.full((1, 4608), 0.5, dtype=torch.bfloat16)
+expected = 0.5 * 4608 * layer.dequantized()[0, 0].item()
+assert abs(layer(x)[0, 0].item() - expected) <= 2 ** -7 * expected
+print("ok")
+"""
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512")
+                    or not can_compile(torch.device("cpu")), reason="needs AVX2 and a C++ compiler")
+def test_the_avx2_build_computes_the_products(tmp_path):
+    """The AVX2 build (taken on this CPU if it lacks AVX-512 BF16; asked for by DECODERLM_KERNELS
+    otherwise), in a process of its own: one process loads one build."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DECODERLM_KERNELS": "avx2"}
+    done = subprocess.run([sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_kernels_none_keeps_torchs(monkeypatch):
+    monkeypatch.setenv("DECODERLM_KERNELS", "none")
+    monkeypatch.setattr(native, "_loaded", {})
+    assert native._kind() is None and not native.ensure()

@@ -2,19 +2,20 @@
 // against a whole weight matrix), hand-written because torch's kernels for these formats
 // (_weight_int8pack_mm, _weight_int4pack_mm_for_cpu) run far below the memory bandwidth at batch 1
 // (docs/generation.md). Needs AVX-512 with BF16; native.py builds this file only where
-// the CPU has both, and uses torch's kernels elsewhere.
+// the CPU has both, quantized_matvec_avx2.cpp where it has AVX2, and uses torch's kernels elsewhere.
 //
 // Both kernels walk the weights once, in the order they lie in memory, a block of 4 output rows
 // at a time (4 independent sums hide the latency of each multiply-add), and ask for the next block
 // ahead of time (_mm_prefetch): without that the stream of weights stalls at a fraction of the
 // bandwidth. The op schemas are declared in Python (native.py); this file implements them.
 
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
 #include <torch/library.h>
+
+#include "matvec_common.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -22,25 +23,10 @@
 
 namespace {
 
-constexpr int kBlock = 4;  // output rows per block
+using decoderlm_kernels::kBlock;
+using decoderlm_kernels::over_output_rows;
 
 float bf16_to_float(c10::BFloat16 v) { return static_cast<float>(v); }
-
-// Every output row, a block of kBlock at a time over torch's threads (`block(n)` computes rows
-// n .. n+kBlock-1); the rows of a last, shorter block one by one (`row(n)`).
-template <typename Block, typename Row>
-void over_output_rows(int64_t N, const Block& block, const Row& row) {
-  at::parallel_for(0, (N + kBlock - 1) / kBlock, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t n = b * kBlock;
-      if (n + kBlock <= N) {
-        block(n);
-      } else {
-        for (int64_t t = n; t < N; ++t) row(t);
-      }
-    }
-  });
-}
 
 // ---- int8: w[n, k] = q[n, k] * scale[n] --------------------------------------------------------
 
@@ -65,9 +51,7 @@ void int8_block(const float* x, int64_t M, int64_t K, const int8_t* q, const c10
 
 at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  TORCH_CHECK(K % 16 == 0 && q.size(1) == K, "int8_matvec: in_features must match and be a multiple of 16");
-  TORCH_CHECK(scales.dim() == 1 && scales.size(0) == N, "int8_matvec: one scale per output row");
-  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous(), "int8_matvec: contiguous inputs");
+  decoderlm_kernels::check_int8_args(x, q, scales);
   std::vector<float> xf(M * K);
   const auto* xb = x.const_data_ptr<c10::BFloat16>();
   for (int64_t i = 0; i < M * K; ++i) xf[i] = bf16_to_float(xb[i]);
@@ -160,13 +144,8 @@ inline __attribute__((always_inline)) void int4_rows(const Int4Problem& p, int64
 at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zeros,
                        int64_t group_size) {
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
-  TORCH_CHECK(group_size > 0 && group_size % 64 == 0 && K % group_size == 0 && q.size(1) * 2 == K,
-              "int4_matvec: the group size must be a multiple of 64 that divides in_features");
+  decoderlm_kernels::check_int4_args(x, q, scales, zeros, group_size);
   const int64_t groups = K / group_size;
-  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == groups && zeros.sizes() == scales.sizes(),
-              "int4_matvec: scales and zeros must be (out_features, in_features / group_size)");
-  TORCH_CHECK(x.is_contiguous() && q.is_contiguous() && scales.is_contiguous() && zeros.is_contiguous(),
-              "int4_matvec: contiguous inputs");
   // The activations laid out for the kernel, in buffers this thread keeps for its later calls; the
   // threads of parallel_for reach them only through `p` (by name they would see their own, empty).
   thread_local std::vector<uint16_t> words;
