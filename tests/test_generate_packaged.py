@@ -73,6 +73,8 @@ def test_built_once_then_loaded_by_a_new_process_without_compiling(step_dir, mon
         out = generate(model, torch.tensor({prompt.tolist()}), 24, temperature=0)
         from decoderlm.generate import packaged
         print(json.dumps(out.tolist()), bool(packaged._LOADED), "torch._dynamo" in sys.modules)
+        print("child: threads", torch.get_num_threads(), "native kernels", packaged.native.ensure(build=False),
+              file=sys.stderr)
     """))
     if native.ensure():  # this machine's C++ kernels, where the child's cache folder expects them
         kernels = step_dir.parent / "kernels" / native._loaded_from[0].name
@@ -83,7 +85,8 @@ def test_built_once_then_loaded_by_a_new_process_without_compiling(step_dir, mon
     result = subprocess.run([sys.executable, str(child)], capture_output=True, text=True, env=env, check=True)
     ids, step_loaded, compiler_imported = result.stdout.strip().rsplit(" ", 2)
     assert json.loads(ids) == eager.tolist()
-    assert step_loaded == "True" and compiler_imported == "False"
+    parent = f"parent: threads {torch.get_num_threads()} native kernels {native.ensure(build=False)}"
+    assert step_loaded == "True" and compiler_imported == "False", f"{parent}\n{result.stderr[-2000:]}"
     assert "compiling" not in result.stderr
 
 

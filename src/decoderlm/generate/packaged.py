@@ -154,7 +154,7 @@ def _source_hash() -> str:
     """decoderlm's own source: another version (or an edit) may trace another graph from the same layers."""
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha1()
-    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cpp")):
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".cpp", ".h")):
         digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -4,9 +4,10 @@
 `aten._weight_int8pack_mm`. `Int4Linear`: 4-bit weights in groups of G input columns, each group
 with a scale and a zero (asymmetric, w = scale * (q - 8) + zero), through
 `aten._weight_int4pack_mm_for_cpu`. Activations stay in the model's dtype; only the weights shrink.
-When decoding (a few activation rows) in bf16 on a CPU with AVX-512 BF16, both use decoderlm's own
-matrix-vector kernels instead (kernels/quantized_matvec.cpp, built by kernels/native.py): torch's
-reach half the memory bandwidth there. They read the saved layout below as it is.
+When decoding (a few activation rows) in bf16 on a CPU with AVX-512 BF16 or AVX2, both use
+decoderlm's own matrix-vector kernels instead (kernels/quantized_matvec*.cpp, built by
+kernels/native.py): torch's reach half the memory bandwidth there. They read the saved layout below
+as it is.
 
 Both kernels are fast in bfloat16 only: their float32 paths are plain loops, tens of times slower
 (docs/generation.md), so quantized models run in bf16 by default. torchao offers the same formats
