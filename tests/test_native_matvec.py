@@ -138,7 +138,6 @@ def test_eager_decoding_loads_a_built_library_but_never_builds_one(tmp_path, mon
 
 AVX2_CHECK = r"""
 import torch
-from decoderlm.compile_support import can_compile
 from decoderlm.kernels import native
 from decoderlm.quantize.linear import Int4Linear, Int8Linear
 
@@ -168,7 +167,7 @@ print("ok")
 
 @pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512")
                     or not can_compile(torch.device("cpu")), reason="needs AVX2 and a C++ compiler")
-def test_the_avx2_build_computes_the_products(tmp_path):
+def test_the_avx2_build_computes_the_products():
     """The AVX2 build (taken on this CPU if it lacks AVX-512 BF16; asked for by DECODERLM_KERNELS
     otherwise), in a process of its own: one process loads one build."""
     import os

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace decoderlm_kernels {
 
@@ -26,6 +27,23 @@ void over_output_rows(int64_t N, const Block& block, const Row& row) {
       }
     }
   });
+}
+
+// The int4 products' row loop. Groups of 64 (the default) get a copy of their own: with the group's
+// width known at compile time, the loop over a group's bytes unrolls. `rows(R, HALF, n)` computes
+// rows n .. n+R-1 with HALF = a group's bytes in a row (32), or 0 for any group size; both come as
+// std::integral_constant, so the kernel can use them as template arguments.
+template <typename Rows>
+void over_int4_output_rows(int64_t N, int64_t group_size, const Rows& rows) {
+  using Block = std::integral_constant<int, kBlock>;
+  using One = std::integral_constant<int, 1>;
+  if (group_size == 64) {
+    using Half = std::integral_constant<int, 32>;
+    over_output_rows(N, [&](int64_t n) { rows(Block{}, Half{}, n); }, [&](int64_t n) { rows(One{}, Half{}, n); });
+  } else {
+    using Any = std::integral_constant<int, 0>;
+    over_output_rows(N, [&](int64_t n) { rows(Block{}, Any{}, n); }, [&](int64_t n) { rows(One{}, Any{}, n); });
+  }
 }
 
 inline void check_int8_args(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scales) {

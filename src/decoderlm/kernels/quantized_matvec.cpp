@@ -172,13 +172,8 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
                       reinterpret_cast<const uint16_t*>(scales.const_data_ptr<c10::BFloat16>()),
                       reinterpret_cast<const uint16_t*>(zeros.const_data_ptr<c10::BFloat16>()),
                       x_even, x_odd, sums.data(), y.mutable_data_ptr<c10::BFloat16>()};
-  // Groups of 64 (the default) get a copy of their own: with the group's width known, the loop over
-  // a group's bytes runs once and the compiler removes it.
-  if (group_size == 64) {
-    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 32>(p, n); }, [&](int64_t n) { int4_rows<1, 32>(p, n); });
-  } else {
-    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 0>(p, n); }, [&](int64_t n) { int4_rows<1, 0>(p, n); });
-  }
+  decoderlm_kernels::over_int4_output_rows(
+      N, group_size, [&](auto R, auto HALF, int64_t n) { int4_rows<decltype(R)::value, decltype(HALF)::value>(p, n); });
   return y;
 }
 

@@ -19,7 +19,6 @@
 #include "matvec_common.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -139,7 +138,7 @@ struct Int4Problem {  // one call: M activation rows against N x K weights, as t
 };
 
 // Rows n .. n+R-1 of y. HALF: a group's bytes in a row when fixed at compile time (32 for groups of
-// 64, the default: the loop over them then unrolls), else 0 (from p.group).
+// 64), else 0 (from p.group).
 template <int R, int HALF>
 void int4_rows(const Int4Problem& p, int64_t n) {
   const __m256i low_nibble = _mm256_set1_epi16(15);
@@ -214,11 +213,8 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   const Int4Problem p{M, K, N, group_size, groups, K / 2, q.const_data_ptr<uint8_t>(),
                       scales.const_data_ptr<c10::BFloat16>(), zeros.const_data_ptr<c10::BFloat16>(),
                       x_even, x_odd, x_scale.data(), sums.data(), y.mutable_data_ptr<c10::BFloat16>()};
-  if (group_size == 64) {
-    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 32>(p, n); }, [&](int64_t n) { int4_rows<1, 32>(p, n); });
-  } else {
-    over_output_rows(N, [&](int64_t n) { int4_rows<kBlock, 0>(p, n); }, [&](int64_t n) { int4_rows<1, 0>(p, n); });
-  }
+  decoderlm_kernels::over_int4_output_rows(
+      N, group_size, [&](auto R, auto HALF, int64_t n) { int4_rows<decltype(R)::value, decltype(HALF)::value>(p, n); });
   return y;
 }
 
